@@ -1,0 +1,170 @@
+"""Validated configuration (pydantic), one model per concern, saved with every run.
+
+A config is built from defaults, then a TOML file, then ``--set key=value`` overrides and CLI
+flags. Every problem (an unknown key, a wrong type, an impossible value, invalid TOML) becomes one
+:class:`~dgm.errors.ConfigError` line that names the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import model_validator
+
+from dgm.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = False
+    binarize: Literal["dynamic", "static", "none"] = "dynamic"
+    binarize_seed: int = 0  # the fixed draw for `static`, and for the test set under `dynamic`
+    train_limit: PositiveInt | None = None  # use only the first N training examples
+    test_limit: PositiveInt | None = None  # use only the first N test examples
+
+
+class ModelConfig(_Section):
+    kind: Literal["vae", "ae"] = "vae"
+    latent_dim: PositiveInt = 50
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [200, 200])
+    activation: Literal["tanh", "relu", "elu", "softplus", "leaky_relu", "gelu"] = "tanh"
+    likelihood: Literal["bernoulli", "gaussian", "gaussian-learned"] = "bernoulli"
+    gaussian_scale: PositiveFloat = 1.0  # sigma of the fixed-variance Gaussian likelihood
+    min_scale: PositiveFloat = 0.01  # floor on sigma(z) of the learned-variance Gaussian
+
+
+class ObjectiveConfig(_Section):
+    k: PositiveInt = 1  # samples of z per example in the training bound
+    kl: Literal["analytic", "mc"] = "analytic"
+
+
+class TrainConfig(_Section):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 100
+    lr: PositiveFloat = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    keep_checkpoints: PositiveInt = 3
+    eval_batch_size: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> TrainConfig:
+        for i, b in enumerate(self.betas):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
+        return self
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Config:
+        if self.model.likelihood == "bernoulli" and self.data.binarize == "none":
+            raise ValueError(
+                "model.likelihood = 'bernoulli' needs binary data: set data.binarize to 'dynamic' "
+                "or 'static', or use a gaussian likelihood for grey levels"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        given = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e['input']!r})"
+        parts.append(f"key '{loc}': {msg}{given}" if loc else f"{msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def validate(data: dict[str, Any], source: str = "configuration") -> Config:
+    """Build a :class:`Config` from nested dicts, or raise one ConfigError line."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config file ({err})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML ({err})") from None
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value is read as a TOML value (numbers, booleans, arrays), else as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key (``train.lr``) in nested dicts; unknown sections are left to validation."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {key}: expected a dotted key like train.lr")
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{p}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the TOML file at ``path``, then dotted-key ``overrides``; validated."""
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "configuration"
+    validate(data, source)  # errors in the file are reported against the file
+    for key, value in (overrides or {}).items():
+        set_key(data, key, value)
+    return validate(data, source if not overrides else f"{source} with overrides")
+
+
+def save_config(config: Config, path: Path) -> None:
+    from dgm.train.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def load_run_config(path: Path) -> Config:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (is this a dgm run directory?)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the run's configuration ({err})") from None
+    return validate(data, str(path))

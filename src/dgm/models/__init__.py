@@ -1,0 +1,19 @@
+"""Generative models p_theta(x, z): a prior, a likelihood head and (for deep models) a decoder."""
+
+from dgm.models.deep import DeepLatentModel
+from dgm.models.likelihoods import (
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    LearnedGaussianLikelihood,
+    Likelihood,
+)
+from dgm.models.prior import StandardNormalPrior
+
+__all__ = [
+    "BernoulliLikelihood",
+    "DeepLatentModel",
+    "GaussianLikelihood",
+    "LearnedGaussianLikelihood",
+    "Likelihood",
+    "StandardNormalPrior",
+]

@@ -1,0 +1,79 @@
+r"""Observation models p(x | z): heads that turn a decoder's output into a distribution over x.
+
+A likelihood is an object passed to the model (DESIGN rule 8), never a string switch inside it.
+Each keeps its normalizing constant, so ``log_prob`` is a true log-density (or log-mass) in nats,
+summed over the ``D`` pixels: the shapes are ``h (..., param_size(D)) -> Distribution`` with
+``batch_shape = h.shape[:-1]`` and ``event_shape = (D,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+
+class Likelihood(nn.Module):
+    """Contract: ``param_size(D)`` numbers per example in, a distribution with event shape (D,) out."""
+
+    #: whether x must be binary (the data must be binarized)
+    binary: bool = False
+
+    def param_size(self, data_dim: int) -> int:
+        raise NotImplementedError
+
+    def forward(self, h: torch.Tensor) -> Distribution:  # (..., P) -> event (D,)
+        raise NotImplementedError
+
+
+class BernoulliLikelihood(Likelihood):
+    r"""p(x | z) = prod_d Bernoulli(x_d; sigmoid(h_d)), with h the decoder's logits."""
+
+    binary = True
+
+    def param_size(self, data_dim: int) -> int:
+        return data_dim
+
+    def forward(self, h: torch.Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=h, validate_args=False), 1, validate_args=False)
+
+
+class GaussianLikelihood(Likelihood):
+    r"""p(x | z) = N(x; mu(z), sigma^2 I) with a fixed sigma (the lecture's choice is sigma = 1).
+
+    log p(x|z) = -D/2 log(2 pi sigma^2) - ||x - mu(z)||^2 / (2 sigma^2): the constant is kept.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = float(scale)
+
+    def param_size(self, data_dim: int) -> int:
+        return data_dim
+
+    def forward(self, h: torch.Tensor) -> Distribution:
+        return Independent(Normal(h, self.scale, validate_args=False), 1, validate_args=False)
+
+
+class LearnedGaussianLikelihood(Likelihood):
+    r"""p(x | z) = N(x; mu(z), diag(sigma(z)^2)): the decoder outputs the mean and the scale.
+
+    sigma = softplus(h_sigma) + min_scale; the floor keeps the density bounded on pixels that never
+    vary (MNIST's borders), where a free variance would collapse to zero and the likelihood diverge.
+    (Kingma and Welling 2014, appendix C.2.)
+    """
+
+    def __init__(self, min_scale: float = 1e-2) -> None:
+        super().__init__()
+        self.min_scale = float(min_scale)
+
+    def param_size(self, data_dim: int) -> int:
+        return 2 * data_dim
+
+    def forward(self, h: torch.Tensor) -> Distribution:
+        mu, h_sigma = h.chunk(2, dim=-1)  # (..., D) each
+        sigma = F.softplus(h_sigma) + self.min_scale
+        return Independent(Normal(mu, sigma, validate_args=False), 1, validate_args=False)

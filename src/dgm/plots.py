@@ -1,0 +1,109 @@
+"""Pictures: image grids (Pillow) and figures (matplotlib, Agg backend). No plotting elsewhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dgm.train.files import atomic_write_bytes  # noqa: E402
+
+
+def image_grid(
+    images: torch.Tensor | np.ndarray,
+    image_shape: tuple[int, int] = (28, 28),
+    nrow: int | None = None,
+    padding: int = 2,
+    scale: int = 2,
+) -> Image.Image:
+    """Tile (N, H*W) or (N, H, W) values in [0, 1] into a grey image, ``nrow`` images per row."""
+    a = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    a = np.clip(np.asarray(a, dtype=np.float32).reshape(-1, *image_shape), 0.0, 1.0)  # (N, H, W)
+    n, h, w = a.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    grid = np.ones((ncol * (h + padding) + padding, nrow * (w + padding) + padding), np.float32)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        grid[top : top + h, left : left + w] = a[i]
+    img = Image.fromarray((grid * 255).round().astype(np.uint8), mode="L")
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_image(img: Image.Image, path: Path) -> None:
+    atomic_write_bytes(Path(path), _png_bytes(img))
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def save_grid(images: torch.Tensor, path: Path, image_shape: tuple[int, int] = (28, 28)) -> None:
+    save_image(image_grid(images, image_shape), path)
+
+
+def save_reconstructions(
+    x: torch.Tensor, x_rec: torch.Tensor, path: Path, image_shape: tuple[int, int] = (28, 28)
+) -> None:
+    """Rows of test images, each over the row of their reconstructions (``nrow`` = 8)."""
+    n = x.shape[0] - x.shape[0] % 8
+    x, x_rec = x[:n].reshape(-1, 8, x.shape[-1]), x_rec[:n].reshape(-1, 8, x.shape[-1])
+    interleaved = torch.stack([x, x_rec], 1).reshape(-1, x.shape[-1])  # (2n, D)
+    save_image(image_grid(interleaved, image_shape, nrow=8), path)
+
+
+def save_side_by_side(
+    panels: Sequence[tuple[str, torch.Tensor]], path: Path, image_shape: tuple[int, int] = (28, 28)
+) -> None:
+    """Grids next to each other under titles, as the lecture's "Performance" slide."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
+    for ax, (title, images) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(np.asarray(image_grid(images, image_shape, scale=1)), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title)
+        ax.axis("off")
+    save_figure(fig, path)
+
+
+def save_curves(metrics_path: Path, path: Path) -> None:
+    """Training curves from ``metrics.jsonl``: the bound per epoch, train and test."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    keys = [k for k in ("train_elbo", "test_elbo") if k in rows[0]]
+    keys = keys or [k for k in ("train_log_lik", "test_log_lik") if k in rows[0]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for k in keys:
+        axes[0].plot(epochs, [r[k] for r in rows], label=k)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("nats per example")
+    axes[0].legend()
+    axes[0].grid(alpha=0.3)
+    for k in ("train_kl", "test_kl"):
+        if k in rows[0]:
+            axes[1].plot(epochs, [r[k] for r in rows], label=k)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("KL(q || p), nats")
+    axes[1].legend()
+    axes[1].grid(alpha=0.3)
+    save_figure(fig, path)

@@ -1,0 +1,216 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON; nothing is ever unpickled.
+
+Layout of a run directory's ``checkpoints/``::
+
+    epoch-0005/
+        tensors.safetensors   model.*, posterior.*, optimizer.*, rng.* tensors
+        state.json            epoch, step, config, the optimizer's non-tensor state, RNG states
+
+A checkpoint is written into a hidden temporary directory, every file fsynced, and then renamed
+into place, so a crash never leaves a half-written checkpoint under a real name; ``latest`` only
+considers complete ``epoch-*`` directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dgm.errors import CheckpointError
+from dgm.train.files import fsync_dir
+
+FORMAT = 1
+TENSORS = "tensors.safetensors"
+STATE = "state.json"
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors in a nested structure by references; collect them in ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _flatten(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        key = obj["__tensor__"]
+        if key not in tensors:
+            raise CheckpointError(f"{where}: tensor '{key}' is missing")
+        return tensors[key]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: _unflatten(v, tensors, where) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors, where) for v in obj]
+    return obj
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@dataclass
+class Checkpoint:
+    """What a run needs to continue exactly where it stopped."""
+
+    epoch: int
+    step: int
+    config: dict[str, Any]
+    modules: dict[str, dict[str, torch.Tensor]]  # name -> state_dict (model, posterior)
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]  # torch / data generator states as tensors, python / numpy as JSON
+    extra: dict[str, Any]  # train time, last metrics
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "data": generator.get_state(),
+        "python": json.loads(json.dumps(random.getstate())),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["data"])
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
+    np.random.set_state((rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
+    """Write ``directory/epoch-NNNN`` atomically; keep the newest ``keep`` checkpoints."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"epoch-{ckpt.epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, state in ckpt.modules.items():
+            for key, value in state.items():
+                tensors[f"{name}.{key}"] = value.detach().to("cpu").contiguous().clone()
+        state = {
+            "format": FORMAT,
+            "epoch": ckpt.epoch,
+            "step": ckpt.step,
+            "config": ckpt.config,
+            "modules": {name: sorted(state) for name, state in ckpt.modules.items()},
+            "optimizer": _flatten(ckpt.optimizer, "optimizer", tensors),
+            "rng": _flatten(ckpt.rng, "rng", tensors),
+            "extra": ckpt.extra,
+        }
+        save_file(tensors, str(tmp / TENSORS))
+        (tmp / STATE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        for f in (TENSORS, STATE):
+            _fsync_file(tmp / f)
+        fsync_dir(tmp)
+        if final.exists():  # a re-run of the same epoch (resumed from an older checkpoint)
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints (``epoch-NNNN`` with both files), oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [
+        p
+        for p in directory.glob("epoch-*")
+        if p.is_dir() and (p / STATE).is_file() and (p / TENSORS).is_file()
+    ]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint directory; any problem is a one-line CheckpointError naming the file."""
+    state_path, tensors_path = path / STATE, path / TENSORS
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{state_path}: not a valid checkpoint state ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{state_path}: unknown checkpoint format (expected format {FORMAT})")
+    try:
+        tensors = load_file(str(tensors_path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{tensors_path}: missing") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{tensors_path}: not a valid safetensors file ({err})") from None
+    try:
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for name, keys in state["modules"].items():
+            missing = [k for k in keys if f"{name}.{k}" not in tensors]
+            if missing:
+                raise CheckpointError(f"{tensors_path}: missing tensors {name}.{missing[0]} ...")
+            modules[name] = {k: tensors[f"{name}.{k}"] for k in keys}
+        return Checkpoint(
+            epoch=int(state["epoch"]),
+            step=int(state["step"]),
+            config=state["config"],
+            modules=modules,
+            optimizer=_unflatten(state["optimizer"], tensors, tensors_path),
+            rng=_unflatten(state["rng"], tensors, tensors_path),
+            extra=state.get("extra", {}),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{state_path}: malformed checkpoint state ({err!r})") from None
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """``load_state_dict`` that refuses missing, unexpected or wrongly shaped tensors clearly."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{where}: does not match the model ({what})")
+    for key, value in expected.items():
+        if state[key].shape != value.shape:
+            raise CheckpointError(
+                f"{where}: tensor {key} has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(value.shape)}"
+            )
+    module.load_state_dict(state)

@@ -1,0 +1,184 @@
+"""Run directories: the resolved config, ``metrics.jsonl``, checkpoints and pictures.
+
+    RUN_DIR/
+        config.json         the validated configuration
+        metrics.jsonl       one JSON line per epoch
+        checkpoints/        see dgm.train.checkpoint
+        samples.png  train_vs_generated.png  reconstructions.png  curves.png
+        eval-k5000.json     written by ``dgm eval``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgm.config import Config, load_run_config, save_config
+from dgm.errors import UsageError
+from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
+from dgm.train.checkpoint import latest_checkpoint, load_checkpoint
+from dgm.train.loop import Trainer
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+#: files dgm writes into a run directory; ``--force`` removes these and nothing else
+RUN_FILES = (
+    CONFIG,
+    METRICS,
+    "samples.png",
+    "train_vs_generated.png",
+    "reconstructions.png",
+    "curves.png",
+)
+
+
+def default_run_dir(config: Config, root: Path = Path("runs")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = root / f"{stamp}-{config.model.kind}-{config.data.dataset}"
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / CONFIG).exists() or (run_dir / "checkpoints").exists()
+
+
+def prepare_new_run(config: Config, run_dir: Path, force: bool = False) -> None:
+    """Create ``run_dir`` for a new run; refuse to overwrite an existing run without ``force``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: exists and is not a directory")
+    if holds_run(run_dir):
+        if not force:
+            raise UsageError(
+                f"{run_dir}: already holds a run; use --resume {run_dir} to continue it, "
+                "or --force to replace it"
+            )
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for p in run_dir.glob("eval-k*.json"):
+            p.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG)
+    except OSError as err:
+        raise UsageError(f"{run_dir}: cannot write the run directory ({err.strerror})") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Complete lines of ``metrics.jsonl``; a torn last line (a crash mid-write) is dropped."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_metrics_with_checkpoint(run_dir: Path, epoch: int, last: dict[str, Any]) -> None:
+    """Keep metrics lines up to the checkpoint's epoch; restore its line if the crash lost it."""
+    rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
+    if last and (not rows or rows[-1].get("epoch") != epoch):
+        rows.append(last)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    from dgm.train.files import atomic_write_text
+
+    atomic_write_text(run_dir / METRICS, text)
+
+
+def open_resume(run_dir: Path, epochs: int | None = None) -> Config:
+    """The config of the run in ``run_dir``, optionally with more epochs."""
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run directory")
+    config = load_run_config(run_dir / CONFIG)
+    if epochs is not None:
+        config.train.epochs = epochs
+    return config
+
+
+def train_run(
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    trainer: Trainer | None = None,
+) -> Trainer:
+    """Train (or continue) the run in ``run_dir`` and write its metrics and pictures."""
+    trainer = trainer or Trainer(config, run_dir)
+    if resume:
+        path = latest_checkpoint(trainer.checkpoint_dir)
+        if path is not None:
+            trainer.restore(path)
+            ckpt_metrics = load_checkpoint(path).extra.get("metrics", {})
+            _sync_metrics_with_checkpoint(run_dir, trainer.epoch, ckpt_metrics)
+        else:
+            (run_dir / METRICS).unlink(missing_ok=True)
+        save_config(config, run_dir / CONFIG)
+
+    def record(metrics: dict[str, Any]) -> None:
+        append_metrics(run_dir, metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    trainer.fit(progress=progress, on_epoch=record)
+    write_figures(trainer, run_dir)
+    return trainer
+
+
+@torch.inference_mode()
+def write_figures(trainer: Trainer, run_dir: Path, seed: int = 0) -> None:
+    """samples.png, train_vs_generated.png, reconstructions.png and curves.png."""
+    shape = trainer.data.image_shape
+    model, posterior = trainer.model.eval(), trainer.posterior.eval()
+    rng_state = torch.get_rng_state()  # figures must not disturb the training RNG stream
+    torch.manual_seed(seed)
+    _, p_x = model.sample(64)
+    save_grid(p_x.mean, run_dir / "samples.png", shape)
+    x_train = trainer.data.x_train[:64]
+    x_train = torch.bernoulli(x_train) if trainer.config.data.binarize != "none" else x_train
+    kind = "VAE" if trainer.config.model.kind == "vae" else "AE"
+    save_side_by_side(
+        [("training digits", x_train), (f"generated by the {kind} (z ~ p(z))", p_x.mean)],
+        run_dir / "train_vs_generated.png",
+        shape,
+    )
+    x = trainer.data.x_test[:32]
+    x_rec = model.likelihood(posterior(x).mean).mean  # decode the posterior mean
+    save_reconstructions(x, x_rec, run_dir / "reconstructions.png", shape)
+    if (run_dir / METRICS).exists():
+        save_curves(run_dir / METRICS, run_dir / "curves.png")
+    torch.set_rng_state(rng_state)
+
+
+def load_trained(run_dir: Path, device: str | None = None, limit: int | None = None) -> Trainer:
+    """A trainer holding the latest checkpoint's weights, for evaluation and sampling."""
+    config = load_run_config(run_dir / CONFIG)
+    if device is not None:
+        config.train.device = device
+    if limit is not None:
+        config.data.test_limit = min(limit, config.data.test_limit or limit)
+    trainer = Trainer(config, run_dir)
+    trainer.restore(weights_only=True)
+    return trainer

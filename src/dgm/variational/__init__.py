@@ -1,0 +1,6 @@
+"""Variational families q_phi(z | x): ``forward(x, index) -> Distribution``."""
+
+from dgm.variational.amortized import DeterministicEncoder, GaussianEncoder
+from dgm.variational.point_mass import PointMass
+
+__all__ = ["DeterministicEncoder", "GaussianEncoder", "PointMass"]
