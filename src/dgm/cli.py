@@ -16,7 +16,12 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "model": ("model.kind", str, "vae (VB with an amortized encoder) or ae (plain autoencoder)"),
     "dataset": ("data.dataset", str, "mnist (embedded) or fashion-mnist"),
     "data_dir": ("data.data_dir", str, "directory holding the dataset's IDX files"),
-    "likelihood": ("model.likelihood", str, "bernoulli, gaussian (unit variance), gaussian-learned"),
+    "download": ("data.download", None, "fetch missing dataset files (checksums verified)"),
+    "likelihood": (
+        "model.likelihood",
+        str,
+        "bernoulli, gaussian (unit variance), gaussian-learned",
+    ),
     "latent_dim": ("model.latent_dim", int, "size of z"),
     "hidden": ("model.hidden", None, "hidden widths of encoder and decoder, e.g. 200,200"),
     "activation": ("model.activation", str, "tanh, relu, elu, softplus, leaky_relu, gelu"),
@@ -37,7 +42,9 @@ def _parse_hidden(text: str) -> list[int]:
     try:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise UsageError(f"--hidden {text}: expected comma-separated integers like 200,200") from None
+        raise UsageError(
+            f"--hidden {text}: expected comma-separated integers like 200,200"
+        ) from None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run_dir = Path(args.resume)
         if args.config or args.out or args.force:
-            raise UsageError("--resume RUN_DIR takes the run's own config; drop CONFIG/--out/--force")
+            raise UsageError(
+                "--resume RUN_DIR takes the run's own config; drop CONFIG/--out/--force"
+            )
         extra = {k: v for k, v in overrides.items() if k != "train.epochs"}
         if extra:
             raise UsageError(
@@ -87,7 +96,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}", flush=True)
     start = time.perf_counter()
     trainer = train_run(
-        config, run_dir, resume=args.resume is not None, progress=not args.quiet, on_epoch=_print_epoch
+        config,
+        run_dir,
+        resume=args.resume is not None,
+        progress=not args.quiet,
+        on_epoch=_print_epoch,
     )
     print(
         f"done: {trainer.epoch} epochs in {time.perf_counter() - start:.1f} s; "
@@ -117,7 +130,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     x = trainer.data.x_test
     start = time.perf_counter()
-    with tqdm(total=x.shape[0], disable=args.json or args.quiet, desc=f"log p(x), k={args.k}") as bar:
+    with tqdm(
+        total=x.shape[0], disable=args.json or args.quiet, desc=f"log p(x), k={args.k}"
+    ) as bar:
         result = importance_log_likelihood(
             trainer.model, trainer.posterior, x, args.k, on_batch=lambda n: bar.update(n - bar.n)
         )
@@ -174,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for flag, (key, typ, help_text) in TRAIN_FLAGS.items():
+        if flag == "download":
+            p.add_argument(
+                "--download", action="store_true", default=None, help=f"{help_text} [{key}]"
+            )
+            continue
         p.add_argument(
             "--" + flag.replace("_", "-"),
             dest=flag,

@@ -42,5 +42,5 @@ class MLP(nn.Sequential):
         self.out_features = out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the network to the last dimension; leading dimensions pass through: (..., in) -> (..., out)."""
+        """Act on the last dimension; leading ones pass through: (..., in) -> (..., out)."""
         return super().forward(x)

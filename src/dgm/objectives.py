@@ -17,7 +17,7 @@ def elbo(log_w: torch.Tensor) -> torch.Tensor:
 
 
 def iwae(log_w: torch.Tensor) -> torch.Tensor:
-    r"""The importance-weighted bound  log (1/K) sum_k w_k  (Burda et al. 2015, eq. 8), (K, B) -> (B,).
+    r"""The importance-weighted bound  log (1/K) sum_k w_k  (Burda et al. 2015), (K, B) -> (B,).
 
     For K = 1 it is the ELBO; it increases with K and tends to log p(x).
     """

@@ -78,7 +78,9 @@ def save_side_by_side(
     """Grids next to each other under titles, as the lecture's "Performance" slide."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
     for ax, (title, images) in zip(np.atleast_1d(axes), panels, strict=True):
-        ax.imshow(np.asarray(image_grid(images, image_shape, scale=1)), cmap="gray", vmin=0, vmax=255)
+        ax.imshow(
+            np.asarray(image_grid(images, image_shape, scale=1)), cmap="gray", vmin=0, vmax=255
+        )
         ax.set_title(title)
         ax.axis("off")
     save_figure(fig, path)

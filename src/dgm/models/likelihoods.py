@@ -15,7 +15,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 
 class Likelihood(nn.Module):
-    """Contract: ``param_size(D)`` numbers per example in, a distribution with event shape (D,) out."""
+    """Contract: ``param_size(D)`` numbers per example in; a distribution, event shape (D,), out."""
 
     #: whether x must be binary (the data must be binarized)
     binary: bool = False

@@ -13,9 +13,11 @@ class StandardNormalPrior(nn.Module):
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        # Buffers, so the prior follows the model to its device and dtype; not saved (persistent=False).
+        # Buffers follow the model to its device and dtype; not saved (persistent=False).
         self.register_buffer("loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
     def forward(self) -> Distribution:
-        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+        return Independent(
+            Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False
+        )

@@ -98,7 +98,9 @@ def restore_rng(rng: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(rng["data"])
     version, state, gauss = rng["python"]
     random.setstate((version, tuple(state), gauss))
-    np.random.set_state((rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
+    np.random.set_state(
+        (rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:])
+    )
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
 

@@ -39,9 +39,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"train.device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N)")
+        raise UsageError(
+            f"train.device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"train.device = {name!r} but CUDA is not available here (use cpu or auto)")
+        raise UsageError(
+            f"train.device = {name!r} but CUDA is not available here (use cpu or auto)"
+        )
     return device
 
 

@@ -1,11 +1,11 @@
 """Run directories: the resolved config, ``metrics.jsonl``, checkpoints and pictures.
 
-    RUN_DIR/
-        config.json         the validated configuration
-        metrics.jsonl       one JSON line per epoch
-        checkpoints/        see dgm.train.checkpoint
-        samples.png  train_vs_generated.png  reconstructions.png  curves.png
-        eval-k5000.json     written by ``dgm eval``
+RUN_DIR/
+    config.json         the validated configuration
+    metrics.jsonl       one JSON line per epoch
+    checkpoints/        see dgm.train.checkpoint
+    samples.png  train_vs_generated.png  reconstructions.png  curves.png
+    eval-k5000.json     written by ``dgm eval``
 """
 
 from __future__ import annotations

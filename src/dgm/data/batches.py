@@ -1,0 +1,141 @@
+r"""Minibatches of a dataset held as one tensor on its device, with optional binarization.
+
+Binarization turns grey levels :math:`x \in [0, 1]^D` into :math:`b \sim \mathrm{Bernoulli}(x)`:
+
+- ``dynamic``: a fresh draw every time an example is served (Salakhutdinov and Murray, 2008;
+  the IWAE paper's setting, Burda et al., 2016, sec. 5);
+- ``static``: one draw made at construction and kept (Larochelle and Murray, 2011);
+- ``none``: the grey levels themselves.
+
+No per-item Python loader: an epoch is one ``randperm`` and a sequence of index gathers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+from dgm.errors import UsageError
+
+__all__ = ["Binarize", "TensorBatches", "binarize_fixed", "to_unit_interval"]
+
+
+class Binarize(str, Enum):
+    """How grey levels become the observed ``x``: see the module docstring."""
+
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+    NONE = "none"
+
+
+def to_unit_interval(images: Tensor) -> Tensor:
+    """uint8 images ``(N, H, W)`` -> float32 ``(N, H * W)`` in ``[0, 1]``, as ``x / 255``."""
+    if images.dtype != torch.uint8 or images.ndim < 2:
+        raise UsageError(
+            f"to_unit_interval expects uint8 images of shape (N, H, W), "
+            f"got {images.dtype} of shape {tuple(images.shape)}"
+        )
+    return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0  # (N, D)
+
+
+def binarize_fixed(x: Tensor, seed: int) -> Tensor:
+    r"""One fixed draw :math:`b = \mathbb{1}[u < x]`, :math:`u \sim U(0, 1)`, so :math:`b \sim
+    \mathrm{Bernoulli}(x)`.
+
+    The uniforms come from a CPU generator seeded with ``seed``, so the result is the same on
+    every device (use it to binarize a test set once, reproducibly). Same shape and dtype as ``x``.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.rand(x.shape, generator=g, dtype=x.dtype)  # x.shape, on the CPU
+    return (u < x.detach().cpu()).to(dtype=x.dtype, device=x.device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cpu":
+        return True
+    cur = torch.cuda.current_device() if a.type == "cuda" else 0
+    return (a.index if a.index is not None else cur) == (b.index if b.index is not None else cur)
+
+
+class TensorBatches:
+    """Iterate over ``(x_batch, index)``: ``x_batch`` ``(B, D)``, ``index`` ``(B,)`` int64.
+
+    ``index`` holds the ids of the examples in the full ``x`` (for per-datapoint posteriors).
+
+    Args:
+        x: ``(N, D)`` floating tensor in ``[0, 1]``, already on the device to train on.
+        batch_size: ``B``; the last batch is smaller unless ``drop_last``.
+        shuffle: a new ``randperm`` order every epoch, else ``0..N-1``.
+        binarize: ``"dynamic"``, ``"static"`` or ``"none"`` (see :class:`Binarize`).
+        generator: drives the shuffling and the dynamic draws; it must live on ``x``'s device.
+            The caller owns it, so its state can be checkpointed and an epoch replayed.
+        drop_last: skip a final batch smaller than ``B``.
+        static_seed: the seed of the one draw made for ``binarize="static"``
+            (through :func:`binarize_fixed`, so it does not touch ``generator``).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        binarize: Binarize | str,
+        generator: torch.Generator,
+        drop_last: bool = False,
+        static_seed: int = 0,
+    ) -> None:
+        if x.ndim != 2 or not x.is_floating_point():
+            raise UsageError(
+                f"TensorBatches expects a floating x of shape (N, D), "
+                f"got {x.dtype} of shape {tuple(x.shape)}"
+            )
+        if x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
+            raise UsageError(
+                f"TensorBatches expects x in [0, 1], got values in "
+                f"[{float(x.min())}, {float(x.max())}]"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        try:
+            self.binarize = Binarize(binarize)
+        except ValueError:
+            choices = ", ".join(b.value for b in Binarize)
+            raise UsageError(f"binarize={binarize!r}: expected one of {choices}") from None
+        if not _same_device(generator.device, x.device):
+            raise UsageError(
+                f"the generator lives on {generator.device} but x on {x.device}: "
+                "create it with torch.Generator(device=x.device)"
+            )
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+        self.drop_last = drop_last
+        self.x = binarize_fixed(x, static_seed) if self.binarize is Binarize.STATIC else x
+
+    @property
+    def num_examples(self) -> int:
+        """``N``."""
+        return self.x.shape[0]
+
+    def __len__(self) -> int:
+        """Batches per epoch: ``floor(N / B)`` with ``drop_last``, else ``ceil(N / B)``."""
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n, b, device = self.num_examples, self.batch_size, self.x.device
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator, device=device)  # (N,)
+        else:
+            order = torch.arange(n, device=device)  # (N,)
+        for start in range(0, len(self) * b, b):
+            index = order[start : start + b]  # (B,)
+            x = self.x[index]  # (B, D)
+            if self.binarize is Binarize.DYNAMIC:
+                x = torch.bernoulli(x, generator=self.generator)  # (B, D) in {0, 1}
+            yield x, index

@@ -1,0 +1,135 @@
+"""The CLI end to end on a small subset, and its one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dgm.cli import main
+
+SMALL = [
+    "--train-limit", "600", "--test-limit", "100", "--hidden", "32", "--latent-dim", "4",
+    "--batch-size", "50", "--device", "cpu", "--quiet",
+]  # fmt: skip
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_eval_sample_resume_end_to_end(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "train", "--epochs", "1", "--out", str(run_dir), *SMALL)
+    assert code == 0 and f"run directory: {run_dir}" in out and "epoch   1" in out
+    assert (run_dir / "samples.png").exists() and (run_dir / "checkpoints" / "epoch-0001").is_dir()
+
+    code, out, _ = run(capsys, "eval", str(run_dir), "--k", "20", "--limit", "30", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert {"elbo", "log_likelihood", "log_likelihood_stderr", "k", "n"} <= set(result)
+    assert result["k"] == 20 and result["n"] == 30 and result["epoch"] == 1
+    assert result["log_likelihood"] < 0 and result["elbo"] <= result["log_likelihood"] + 1.0
+    assert (run_dir / "eval-k20.json").exists()
+
+    code, out, _ = run(capsys, "eval", str(run_dir), "--k", "5", "--limit", "10", "--quiet")
+    assert code == 0 and "test log p(x)" in out
+
+    out_png = tmp_path / "s.png"
+    code, out, _ = run(capsys, "sample", str(run_dir), "--n", "9", "--out", str(out_png))
+    assert code == 0 and out_png.exists()
+
+    code, out, _ = run(capsys, "train", "--resume", str(run_dir), "--epochs", "2", "--quiet")
+    assert code == 0 and "epoch   2" in out and "epoch   1" not in out
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_config_file_and_set_overrides(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\nlatent_dim = 3\nhidden = [16]\n[train]\nepochs = 1\nlr = 2e-3\n")
+    run_dir = tmp_path / "run"
+    code, _, _ = run(
+        capsys, "train", str(cfg), "--set", "train.lr=5e-4", "--train-limit", "200",
+        "--test-limit", "50", "--out", str(run_dir), "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved["model"]["latent_dim"] == 3 and resolved["train"]["lr"] == 5e-4
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--lr", "-1"], "train.lr"),
+        (["--k", "0"], "objective.k"),
+        (["--latent-dim", "0"], "model.latent_dim"),
+        (["--set", "train.lrr=1"], "train.lrr': unknown key"),
+        (["--set", "optimizer.lr=1"], "optimizer': unknown key"),
+        (["--set", "train.epochs=abc"], "train.epochs"),
+        (["--binarize", "sometimes"], "data.binarize"),
+        (["--likelihood", "bernoulli", "--binarize", "none"], "needs binary data"),
+        (["--hidden", "20,x"], "--hidden"),
+        (["--dataset", "cifar"], "cifar"),
+        (["--device", "cuda:7"], "train.device"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(tmp_path, capsys, argv, needle):
+    code, out, err = run(capsys, "train", "--out", str(tmp_path / "r"), "--quiet", *argv)
+    assert code == 2
+    assert err.startswith("dgm: error: ") and err.count("\n") == 1
+    assert needle in err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_invalid_toml_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 1\n")
+    code, _, err = run(capsys, "train", str(bad), "--quiet")
+    assert code == 2 and "bad.toml: invalid TOML" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "train", str(tmp_path / "nope.toml"), "--quiet")
+    assert code == 2 and "config file not found" in err
+
+
+def test_existing_run_is_never_overwritten_without_force(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", "--epochs", "1", "--out", str(run_dir), *SMALL]
+    assert run(capsys, *args)[0] == 0
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+    keep = run_dir / "notes.txt"
+    keep.write_text("mine")
+    assert run(capsys, *args, "--force", "--seed", "3")[0] == 0
+    assert (run_dir / "metrics.jsonl").read_bytes() != before
+    assert keep.read_text() == "mine"  # --force removes dgm's files only
+
+
+def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--resume", str(tmp_path / "none"), "--quiet")
+    assert code == 2 and "no such run directory" in err
+    code, _, err = run(capsys, "train", "--resume", str(tmp_path), "--lr", "0.1", "--quiet")
+    assert code == 2 and "only --epochs may change" in err
+
+
+def test_eval_and_sample_refuse_bad_arguments(tmp_path, capsys):
+    code, _, err = run(capsys, "eval", str(tmp_path), "--k", "0")
+    assert code == 2 and "--k 0" in err
+    code, _, err = run(capsys, "eval", str(tmp_path))
+    assert code == 2 and "config.json: not found" in err
+    code, _, err = run(capsys, "sample", str(tmp_path), "--n", "0")
+    assert code == 2 and "--n 0" in err
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["sample"]])
+def test_help(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "dgm", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "usage: dgm" in result.stdout

@@ -1,0 +1,94 @@
+"""Likelihoods keep their normalizing constants; the KL in closed form agrees with Monte Carlo."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+from dgm.build import build_model, build_posterior
+from dgm.config import ModelConfig
+from dgm.models import (
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    LearnedGaussianLikelihood,
+    StandardNormalPrior,
+)
+from dgm.nn import MLP
+from dgm.variational import PointMass
+
+
+def test_bernoulli_log_prob_is_the_log_mass():
+    h = torch.randn(3, 5, dtype=torch.float64)
+    x = torch.bernoulli(torch.full((3, 5), 0.5, dtype=torch.float64))
+    p = torch.sigmoid(h)
+    expected = (x * p.log() + (1 - x) * (1 - p).log()).sum(-1)
+    assert torch.allclose(BernoulliLikelihood()(h).log_prob(x), expected)
+    # A mass over {0,1}^D: summing over all 2^D outcomes of one row gives 1.
+    grid = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * 5)  # (32, 5)
+    total = BernoulliLikelihood()(h[0]).log_prob(grid).exp().sum()
+    assert torch.allclose(total, torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.3])
+def test_gaussian_log_prob_keeps_its_constant(sigma):
+    mu = torch.randn(4, 6, dtype=torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    expected = -0.5 * 6 * math.log(2 * math.pi * sigma**2) - ((x - mu) ** 2).sum(-1) / (
+        2 * sigma**2
+    )
+    assert torch.allclose(GaussianLikelihood(sigma)(mu).log_prob(x), expected)
+
+
+def test_learned_gaussian_has_a_floor_and_the_right_density():
+    lik = LearnedGaussianLikelihood(min_scale=0.05)
+    h = torch.cat([torch.zeros(2, 3), torch.full((2, 3), -50.0)], -1).double()
+    p = lik(h)
+    assert torch.allclose(p.base_dist.scale, torch.full((2, 3), 0.05, dtype=torch.float64))
+    expected = Independent(Normal(torch.zeros(2, 3).double(), 0.05), 1).log_prob(torch.zeros(2, 3))
+    assert torch.allclose(p.log_prob(torch.zeros(2, 3).double()), expected)
+    assert lik.param_size(784) == 2 * 784
+
+
+def test_analytic_kl_matches_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    lam = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    eta = torch.rand(6, 4, generator=g, dtype=torch.float64) + 0.2
+    q = Independent(Normal(lam, eta), 1)
+    p = StandardNormalPrior(4).double()()
+    analytic = kl_divergence(q, p)  # (6,)
+    closed = 0.5 * (eta**2 + lam**2 - 1 - 2 * eta.log()).sum(-1)
+    assert torch.allclose(analytic, closed)
+    z = q.sample((100_000,))
+    log_ratio = q.log_prob(z) - p.log_prob(z)  # (S, 6)
+    mc, se = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(z.shape[0])
+    assert ((mc - analytic).abs() < 4 * se).all()
+
+
+def test_model_and_posterior_shapes_and_distributions():
+    cfg = ModelConfig(latent_dim=3, hidden=[16, 8])
+    model, posterior = build_model(cfg, 20), build_posterior(cfg, 20)
+    assert [m.out_features for m in model.decoder if isinstance(m, torch.nn.Linear)] == [8, 16, 20]
+    x = torch.bernoulli(torch.full((5, 20), 0.3))
+    q = posterior(x)
+    assert q.batch_shape == (5,) and q.event_shape == (3,)
+    z = q.rsample((7,))
+    assert model.likelihood(z).batch_shape == (7, 5)
+    assert model.log_joint(x, z).shape == (7, 5)
+
+
+def test_point_mass_is_the_autoencoder_code():
+    loc = torch.randn(4, 3, requires_grad=True)
+    q = PointMass(loc)
+    z = q.rsample((2,))
+    assert z.shape == (2, 4, 3) and torch.equal(z[1], loc.detach())
+    z.sum().backward()
+    assert torch.equal(loc.grad, torch.full((4, 3), 2.0))
+    assert torch.equal(q.log_prob(loc.detach()), torch.zeros(4))
+    ae = build_posterior(ModelConfig(kind="ae", latent_dim=3, hidden=[8]), 10)
+    assert isinstance(ae(torch.zeros(2, 10)), PointMass)
+
+
+def test_mlp_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        MLP(2, [3], 4, activation="sigmoidish")
