@@ -55,7 +55,7 @@ class ObjectiveConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 20
     batch_size: PositiveInt = 100
     lr: PositiveFloat = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
