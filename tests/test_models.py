@@ -92,3 +92,17 @@ def test_point_mass_is_the_autoencoder_code():
 def test_mlp_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation"):
         MLP(2, [3], 4, activation="sigmoidish")
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian-learned"])
+def test_output_bias_starts_the_likelihood_at_the_data_mean(likelihood):
+    cfg = ModelConfig(latent_dim=3, hidden=[8], likelihood=likelihood)
+    model = build_model(cfg, 6)
+    x_mean = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0, 0.3])
+    model.init_output_bias(x_mean)
+    last = [m for m in model.decoder if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()  # with no dependence on z, p(x | z) is the bias's distribution
+    mean = model.likelihood(torch.randn(2, 3)).mean
+    expected = x_mean.clamp(1e-3, 1 - 1e-3) if likelihood == "bernoulli" else x_mean
+    assert torch.allclose(mean, expected.expand(2, 6), atol=1e-6)

@@ -26,15 +26,24 @@ def small_config(**overrides):
 
 
 def test_short_training_improves_the_test_elbo_by_a_clear_margin(tmp_path):
-    config = small_config(**{"train.epochs": 3})
+    config = small_config(**{"train.epochs": 4, "train.batch_size": 20})
     trainer = Trainer(config, tmp_path / "run")
     before = trainer.evaluate()["test_elbo"]
     history = trainer.fit()
     after = history[-1]["test_elbo"]
-    # At initialization the decoder outputs p ~ 1/2 per pixel: about -784 ln 2 = -543 nats.
-    assert before < -450
-    assert after > before + 150, (before, after)
+    # The decoder starts at the data's mean image (about -205 nats here); 200 steps on 1,000
+    # digits must beat it by far more than the test ELBO's standard error (about 2 nats).
+    assert after > before + 25, (before, after)
     assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+
+
+def test_output_bias_initialization_starts_at_the_data_mean(tmp_path):
+    plain = Trainer(small_config(**{"model.init_output_bias": False}), tmp_path / "a")
+    biased = Trainer(small_config(), tmp_path / "b")
+    # Zero-ish decoder output: p = 1/2 per pixel, about -784 ln 2 = -543 nats; the data mean's
+    # Bernoulli is far better.
+    assert plain.evaluate()["test_elbo"] < -450
+    assert biased.evaluate()["test_elbo"] > -260
 
 
 @pytest.mark.parametrize("kl", ["analytic", "mc"])
@@ -58,16 +67,37 @@ def _numbers(rows):
     return [{k: v for k, v in r.items() if "time" not in k and "_per_s" not in k} for r in rows]
 
 
+def test_learning_rate_schedules():
+    constant = Trainer(small_config(**{"train.epochs": 5}), "unused")
+    assert [constant.learning_rate(e) for e in range(5)] == [1e-3] * 5
+    decay = small_config(
+        **{"train.epochs": 5, "train.lr_schedule": "exponential", "train.lr_final": 1e-5}
+    )
+    lrs = [Trainer(decay, "unused").learning_rate(e) for e in range(5)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:], strict=False)]
+    assert ratios == pytest.approx([10 ** (-0.5)] * 4)
+
+
 def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
-    config = small_config(**{"train.epochs": 4, "objective.k": 2})
+    schedule = {"train.lr_schedule": "exponential", "train.lr_final": 3e-4}
+    config = small_config(**{"train.epochs": 4, "objective.k": 2, **schedule})
     straight_dir = tmp_path / "straight"
     prepare_new_run(config, straight_dir)
     straight = train_run(config, straight_dir)
 
     interrupted_dir = tmp_path / "interrupted"
-    first = small_config(**{"train.epochs": 2, "objective.k": 2})
-    prepare_new_run(first, interrupted_dir)
-    train_run(first, interrupted_dir)
+    prepare_new_run(config, interrupted_dir)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(metrics):
+        if metrics["epoch"] == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_run(config, interrupted_dir, on_epoch=crash_after_two)
     # A torn last line, as left by a crash during the append, is dropped on resume.
     with open(interrupted_dir / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "trunc')
@@ -129,10 +159,11 @@ def test_run_writes_metrics_config_and_pictures(tmp_path):
 
 
 def test_autoencoder_baseline_trains_on_reconstruction(tmp_path):
-    config = small_config(**{"train.epochs": 2, "model.kind": "ae"})
+    config = small_config(**{"train.epochs": 4, "train.batch_size": 20, "model.kind": "ae"})
     trainer = Trainer(config, tmp_path / "run")
     before = trainer.evaluate()
     history = trainer.fit()
     assert "test_elbo" not in history[-1]
     assert history[-1]["test_kl"] == 0.0
-    assert history[-1]["test_log_lik"] > before["test_log_lik"] + 100
+    # Starts at the data's mean image (about -200 nats); reconstruction alone improves fast.
+    assert history[-1]["test_log_lik"] > before["test_log_lik"] + 40

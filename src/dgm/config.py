@@ -45,6 +45,7 @@ class ModelConfig(_Section):
     hidden: list[PositiveInt] = Field(default_factory=lambda: [200, 200])
     activation: Literal["tanh", "relu", "elu", "softplus", "leaky_relu", "gelu"] = "tanh"
     likelihood: Literal["bernoulli", "gaussian", "gaussian-learned"] = "bernoulli"
+    init_output_bias: bool = True  # decoder output bias from the training data's mean
     gaussian_scale: PositiveFloat = 1.0  # sigma of the fixed-variance Gaussian likelihood
     min_scale: PositiveFloat = 0.01  # floor on sigma(z) of the learned-variance Gaussian
 
@@ -52,12 +53,16 @@ class ModelConfig(_Section):
 class ObjectiveConfig(_Section):
     k: PositiveInt = 1  # samples of z per example in the training bound
     kl: Literal["analytic", "mc"] = "analytic"
+    kl_warmup_epochs: float = Field(0.0, ge=0)  # KL weight rises linearly from 0 to 1 over these
 
 
 class TrainConfig(_Section):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 100
     lr: PositiveFloat = 1e-3
+    # constant: lr throughout; exponential: from lr at the first epoch to lr_final at the last
+    lr_schedule: Literal["constant", "exponential"] = "constant"
+    lr_final: PositiveFloat = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     seed: int = 0

@@ -41,6 +41,9 @@ class Reparameterized:
     log w = log p(x, z) - log q(z | x)), or left out (``kl="none"``: the plain autoencoder's
     reconstruction objective, which is not a bound on log p(x)).
     (Kingma and Welling 2014, eq. 7 and 10; the lecture, "Re-parameterization Trick".)
+
+    ``kl_weight`` (beta) < 1 is KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): the
+    gradient is that of E[log p(x|z)] - beta KL, while ``bound`` stays the true ELBO.
     """
 
     def __init__(self, k: int = 1, kl: KLMode = "analytic") -> None:
@@ -51,19 +54,22 @@ class Reparameterized:
         self.k = k
         self.kl = kl
 
-    def __call__(self, model: DeepLatentModel, q: Distribution, x: torch.Tensor) -> Estimate:
+    def __call__(
+        self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
+    ) -> Estimate:
         if not q.has_rsample:
             raise ValueError(f"{type(q).__name__} has no rsample: use a score-function estimator")
         z = q.rsample((self.k,))  # (K, B, d)
         log_lik = model.likelihood(z).log_prob(x)  # (K, B)
         if self.kl == "analytic":
             kl = kl_divergence(q, model.prior())  # (B,)
-            bound = elbo(log_lik) - kl
         elif self.kl == "mc":
-            log_ratio = q.log_prob(z) - model.prior().log_prob(z)  # (K, B)
-            kl = log_ratio.mean(0)
-            bound = elbo(log_lik - log_ratio)
+            kl = (q.log_prob(z) - model.prior().log_prob(z)).mean(0)  # (K, B) -> (B,)
         else:
             kl = torch.zeros_like(log_lik[0])
-            bound = elbo(log_lik)
-        return Estimate(bound=bound, surrogate=bound, log_lik=log_lik.mean(0), kl=kl)
+        bound = elbo(log_lik) - kl  # for kl="mc" this is elbo(log_w), log_w = log_lik - log q/p
+        surrogate = bound
+        if kl_weight != 1.0:
+            annealed = elbo(log_lik) - kl_weight * kl
+            surrogate = bound.detach() + (annealed - annealed.detach())
+        return Estimate(bound=bound, surrogate=surrogate, log_lik=log_lik.mean(0), kl=kl)

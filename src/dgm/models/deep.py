@@ -32,6 +32,12 @@ class DeepLatentModel(nn.Module):
         self.latent_dim = prior.latent_dim
         self.data_dim = data_dim
 
+    @torch.no_grad()
+    def init_output_bias(self, x_mean: torch.Tensor) -> None:
+        """Start p(x | z) at the data mean: set the decoder's last bias (as Burda et al. 2015)."""
+        last = [m for m in self.decoder.modules() if isinstance(m, nn.Linear)][-1]
+        last.bias.copy_(self.head.output_bias(x_mean.to(last.bias)))
+
     def prior(self) -> Distribution:
         return self.p_z()
 

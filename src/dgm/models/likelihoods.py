@@ -26,6 +26,10 @@ class Likelihood(nn.Module):
     def forward(self, h: torch.Tensor) -> Distribution:  # (..., P) -> event (D,)
         raise NotImplementedError
 
+    def output_bias(self, x_mean: torch.Tensor) -> torch.Tensor:
+        """Decoder output bias that makes p(x | z) match the data's mean when the weights are 0."""
+        raise NotImplementedError
+
 
 class BernoulliLikelihood(Likelihood):
     r"""p(x | z) = prod_d Bernoulli(x_d; sigmoid(h_d)), with h the decoder's logits."""
@@ -37,6 +41,9 @@ class BernoulliLikelihood(Likelihood):
 
     def forward(self, h: torch.Tensor) -> Distribution:
         return Independent(Bernoulli(logits=h, validate_args=False), 1, validate_args=False)
+
+    def output_bias(self, x_mean: torch.Tensor) -> torch.Tensor:
+        return torch.logit(x_mean.clamp(1e-3, 1 - 1e-3))  # (D,)
 
 
 class GaussianLikelihood(Likelihood):
@@ -56,6 +63,9 @@ class GaussianLikelihood(Likelihood):
 
     def forward(self, h: torch.Tensor) -> Distribution:
         return Independent(Normal(h, self.scale, validate_args=False), 1, validate_args=False)
+
+    def output_bias(self, x_mean: torch.Tensor) -> torch.Tensor:
+        return x_mean.clone()  # (D,)
 
 
 class LearnedGaussianLikelihood(Likelihood):
@@ -77,3 +87,7 @@ class LearnedGaussianLikelihood(Likelihood):
         mu, h_sigma = h.chunk(2, dim=-1)  # (..., D) each
         sigma = F.softplus(h_sigma) + self.min_scale
         return Independent(Normal(mu, sigma, validate_args=False), 1, validate_args=False)
+
+    def output_bias(self, x_mean: torch.Tensor) -> torch.Tensor:
+        # mean x_mean; sigma starts at softplus(0) + min_scale, as with a zero bias
+        return torch.cat([x_mean, torch.zeros_like(x_mean)])  # (2 D,)

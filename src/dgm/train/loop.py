@@ -83,6 +83,8 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model, data_dim).to(self.device)
         self.posterior = build_posterior(config.model, data_dim).to(self.device)
+        if config.model.init_output_bias:
+            self.model.init_output_bias(self.data.x_train.mean(0))  # grey levels' mean, (D,)
         self.estimator = build_estimator(config)
         tc = config.train
         self.optimizer = torch.optim.Adam(
@@ -109,7 +111,22 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     # -- one epoch ---------------------------------------------------------------------------
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of (0-based) ``epoch``: a pure function, so resume needs no state."""
+        tc = self.config.train
+        if tc.lr_schedule == "constant" or tc.epochs == 1:
+            return tc.lr
+        return tc.lr * (tc.lr_final / tc.lr) ** (epoch / (tc.epochs - 1))
+
+    def kl_weight(self, step: int) -> float:
+        """KL warm-up: beta = min(1, step / (kl_warmup_epochs * steps per epoch))."""
+        warmup_steps = self.config.objective.kl_warmup_epochs * len(self.batches)
+        return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
     def train_epoch(self, progress: bool = False) -> dict[str, float]:
+        lr = self.learning_rate(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.model.train()
         self.posterior.train()
         totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # bound, log_lik, kl
@@ -123,7 +140,8 @@ class Trainer:
         )
         start = time.perf_counter()
         for i, (x, index) in enumerate(self.batches):
-            est: Estimate = self.estimator(self.model, self.posterior(x, index), x)
+            beta = self.kl_weight(self.step)
+            est: Estimate = self.estimator(self.model, self.posterior(x, index), x, beta)
             loss = -est.surrogate.mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,6 +161,7 @@ class Trainer:
         out = {"train_log_lik": log_lik, "train_kl": kl}
         if self.config.model.kind == "vae":
             out["train_elbo"] = bound
+        out["lr"] = lr
         out["epoch_time_s"] = elapsed
         out["images_per_s"] = n / elapsed
         return out
