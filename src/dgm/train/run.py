@@ -24,6 +24,7 @@ from dgm.config import Config, load_run_config, save_config
 from dgm.errors import UsageError
 from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint
+from dgm.train.files import atomic_write_text
 from dgm.train.loop import Trainer
 
 CONFIG = "config.json"
@@ -101,8 +102,6 @@ def _sync_metrics_with_checkpoint(run_dir: Path, epoch: int, last: dict[str, Any
     if last and (not rows or rows[-1].get("epoch") != epoch):
         rows.append(last)
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    from dgm.train.files import atomic_write_text
-
     atomic_write_text(run_dir / METRICS, text)
 
 
