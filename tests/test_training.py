@@ -98,9 +98,11 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(Crash):
         train_run(config, interrupted_dir, on_epoch=crash_after_two)
-    # A torn last line, as left by a crash during the append, is dropped on resume.
-    with open(interrupted_dir / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 3, "trunc')
+    # The crash lost epoch 2's metrics line (written after its checkpoint) and left a torn
+    # line: resume drops the torn line and restores epoch 2's line from the checkpoint.
+    lines = (interrupted_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    (interrupted_dir / "metrics.jsonl").write_text(lines[0] + "\n" + '{"epoch": 2, "trunc')
     resumed = train_run(config, interrupted_dir, resume=True)
 
     assert resumed.epoch == straight.epoch == 4 and resumed.step == straight.step

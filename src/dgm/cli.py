@@ -74,7 +74,14 @@ def _print_epoch(m: dict[str, Any]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dgm.config import load_config
-    from dgm.train.run import default_run_dir, open_resume, prepare_new_run, train_run
+    from dgm.train import Trainer
+    from dgm.train.run import (
+        check_new_run,
+        default_run_dir,
+        open_resume,
+        prepare_new_run,
+        train_run,
+    )
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -89,9 +96,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume: only --epochs may change on resume, not {', '.join(sorted(extra))}"
             )
         config = open_resume(run_dir, overrides.get("train.epochs"))
+        trainer = Trainer(config, run_dir)
     else:
         config = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else default_run_dir(config)
+        check_new_run(run_dir, force=args.force)
+        trainer = Trainer(config, run_dir)  # device and dataset checked before anything is written
         prepare_new_run(config, run_dir, force=args.force)
     print(f"run directory: {run_dir}", flush=True)
     start = time.perf_counter()
@@ -101,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume is not None,
         progress=not args.quiet,
         on_epoch=_print_epoch,
+        trainer=trainer,
     )
     print(
         f"done: {trainer.epoch} epochs in {time.perf_counter() - start:.1f} s; "
@@ -231,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     except DGMError as err:
         print(f"dgm: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a file dgm had to read or write: name it, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"dgm: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dgm: interrupted", file=sys.stderr)
         return 130

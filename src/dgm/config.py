@@ -8,10 +8,10 @@ flags. Every problem (an unknown key, a wrong type, an impossible value, invalid
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -177,6 +177,8 @@ def load_run_config(path: Path) -> Config:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (is this a dgm run directory?)") from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the run's configuration ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with the run's configuration")
     return validate(data, str(path))

@@ -23,13 +23,13 @@ class LogLikelihood:
     elbo: torch.Tensor  # (1/k) sum_i log p(x, z_i) / q(z_i | x): an unbiased ELBO estimate
     k: int
 
-    def summary(self) -> dict[str, float | int]:
-        """Means over examples with their standard errors (sample std / sqrt(n))."""
+    def summary(self) -> dict[str, float | int | None]:
+        """Means over examples with their standard errors (sample std / sqrt(n); None if n = 1)."""
         n = self.log_likelihood.numel()
 
-        def mean_se(v: torch.Tensor) -> tuple[float, float]:
+        def mean_se(v: torch.Tensor) -> tuple[float, float | None]:
             v = v.double()
-            se = v.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+            se = v.std(unbiased=True).item() / math.sqrt(n) if n > 1 else None
             return v.mean().item(), se
 
         ll, ll_se = mean_se(self.log_likelihood)

@@ -13,7 +13,7 @@ No per-item Python loader: an epoch is one ``randperm`` and a sequence of index 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from dgm.errors import UsageError
 __all__ = ["Binarize", "TensorBatches", "binarize_fixed", "to_unit_interval"]
 
 
-class Binarize(str, Enum):
+class Binarize(StrEnum):
     """How grey levels become the observed ``x``: see the module docstring."""
 
     DYNAMIC = "dynamic"

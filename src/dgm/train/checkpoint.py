@@ -108,6 +108,8 @@ def restore_rng(rng: dict[str, Any], generator: torch.Generator) -> None:
 def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
     """Write ``directory/epoch-NNNN`` atomically; keep the newest ``keep`` checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".epoch-*.tmp"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     final = directory / f"epoch-{ckpt.epoch:04d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
     try:
@@ -181,6 +183,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{tensors_path}: missing") from None
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{tensors_path}: not a valid safetensors file ({err})") from None
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{state_path}: malformed checkpoint state (no config object)")
     try:
         modules: dict[str, dict[str, torch.Tensor]] = {}
         for name, keys in state["modules"].items():
@@ -197,7 +201,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             rng=_unflatten(state["rng"], tensors, tensors_path),
             extra=state.get("extra", {}),
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{state_path}: malformed checkpoint state ({err!r})") from None
 
 

@@ -216,7 +216,12 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt.optimizer)
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{path}: optimizer state does not match ({err})") from None
-        restore_rng(ckpt.rng, self.generator)
+        try:
+            restore_rng(ckpt.rng, self.generator)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{path}: random-number-generator state is invalid ({err})"
+            ) from None
         self.train_time_s = float(ckpt.extra.get("train_time_s", 0.0))
         return path
 

@@ -53,16 +53,21 @@ def holds_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG).exists() or (run_dir / "checkpoints").exists()
 
 
-def prepare_new_run(config: Config, run_dir: Path, force: bool = False) -> None:
-    """Create ``run_dir`` for a new run; refuse to overwrite an existing run without ``force``."""
+def check_new_run(run_dir: Path, force: bool = False) -> None:
+    """Refuse a ``run_dir`` that is a file, or that holds a run (unless ``force``)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: exists and is not a directory")
+    if holds_run(run_dir) and not force:
+        raise UsageError(
+            f"{run_dir}: already holds a run; use --resume {run_dir} to continue it, "
+            "or --force to replace it"
+        )
+
+
+def prepare_new_run(config: Config, run_dir: Path, force: bool = False) -> None:
+    """Create ``run_dir`` for a new run; refuse to overwrite an existing run without ``force``."""
+    check_new_run(run_dir, force)
     if holds_run(run_dir):
-        if not force:
-            raise UsageError(
-                f"{run_dir}: already holds a run; use --resume {run_dir} to continue it, "
-                "or --force to replace it"
-            )
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
@@ -110,8 +115,21 @@ def open_resume(run_dir: Path, epochs: int | None = None) -> Config:
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     config = load_run_config(run_dir / CONFIG)
-    if epochs is not None:
-        config.train.epochs = epochs
+    if epochs is None or epochs == config.train.epochs:
+        return config
+    done = latest_checkpoint(run_dir / "checkpoints")
+    done_epochs = load_checkpoint(done).epoch if done is not None else 0
+    if epochs < max(done_epochs, 1):
+        raise UsageError(
+            f"--resume {run_dir} --epochs {epochs}: expected at least {max(done_epochs, 1)} "
+            f"(the run has finished {done_epochs} epochs)"
+        )
+    if config.train.lr_schedule != "constant":
+        raise UsageError(
+            f"--resume {run_dir} --epochs {epochs}: the run's learning-rate schedule "
+            f"({config.train.lr_schedule!r}) is fixed by its {config.train.epochs} epochs"
+        )
+    config.train.epochs = epochs
     return config
 
 
