@@ -17,9 +17,6 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal
 class Likelihood(nn.Module):
     """Contract: ``param_size(D)`` numbers per example in; a distribution, event shape (D,), out."""
 
-    #: whether x must be binary (the data must be binarized)
-    binary: bool = False
-
     def param_size(self, data_dim: int) -> int:
         raise NotImplementedError
 
@@ -33,8 +30,6 @@ class Likelihood(nn.Module):
 
 class BernoulliLikelihood(Likelihood):
     r"""p(x | z) = prod_d Bernoulli(x_d; sigmoid(h_d)), with h the decoder's logits."""
-
-    binary = True
 
     def param_size(self, data_dim: int) -> int:
         return data_dim
