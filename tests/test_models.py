@@ -7,7 +7,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from dgm.build import build_model, build_posterior
-from dgm.config import ModelConfig
+from dgm.config import Config, ModelConfig
 from dgm.models import (
     BernoulliLikelihood,
     GaussianLikelihood,
@@ -67,7 +67,7 @@ def test_analytic_kl_matches_monte_carlo():
 
 def test_model_and_posterior_shapes_and_distributions():
     cfg = ModelConfig(latent_dim=3, hidden=[16, 8])
-    model, posterior = build_model(cfg, 20), build_posterior(cfg, 20)
+    model, posterior = build_model(cfg, 20), build_posterior(Config(model=cfg), 20, 100)
     assert [m.out_features for m in model.decoder if isinstance(m, torch.nn.Linear)] == [8, 16, 20]
     x = torch.bernoulli(torch.full((5, 20), 0.3))
     q = posterior(x)
@@ -85,7 +85,7 @@ def test_point_mass_is_the_autoencoder_code():
     z.sum().backward()
     assert torch.equal(loc.grad, torch.full((4, 3), 2.0))
     assert torch.equal(q.log_prob(loc.detach()), torch.zeros(4))
-    ae = build_posterior(ModelConfig(kind="ae", latent_dim=3, hidden=[8]), 10)
+    ae = build_posterior(Config(model=ModelConfig(kind="ae", latent_dim=3, hidden=[8])), 10, 5)
     assert isinstance(ae(torch.zeros(2, 10)), PointMass)
 
 

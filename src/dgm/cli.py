@@ -141,11 +141,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     x = trainer.data.x_test
     start = time.perf_counter()
+    posterior = trainer.test_posterior(x)  # local inference: the E-step on the test set
     with tqdm(
         total=x.shape[0], disable=args.json or args.quiet, desc=f"log p(x), k={args.k}"
     ) as bar:
         result = importance_log_likelihood(
-            trainer.model, trainer.posterior, x, args.k, on_batch=lambda n: bar.update(n - bar.n)
+            trainer.model, posterior, x, args.k, on_batch=lambda n: bar.update(n - bar.n)
         )
     summary: dict[str, Any] = {**result.summary(), "epoch": trainer.epoch}
     summary["seconds"] = time.perf_counter() - start

@@ -35,6 +35,8 @@ class DataConfig(_Section):
     download: bool = False
     binarize: Literal["dynamic", "static", "none"] = "dynamic"
     binarize_seed: int = 0  # the fixed draw for `static`, and for the test set under `dynamic`
+    # with binarize = "none": x = (pixel + u) / 256, u ~ U[0, 1), fresh per batch (test: fixed)
+    dequantize: bool = False
     train_limit: PositiveInt | None = None  # use only the first N training examples
     test_limit: PositiveInt | None = None  # use only the first N test examples
 
@@ -54,6 +56,29 @@ class ObjectiveConfig(_Section):
     k: PositiveInt = 1  # samples of z per example in the training bound
     kl: Literal["analytic", "mc"] = "analytic"
     kl_warmup_epochs: float = Field(0.0, ge=0)  # KL weight rises linearly from 0 to 1 over these
+    # reparam: pathwise gradient; score: the lecture's naive score-function gradient;
+    # score-baseline: score function with a control variate (see `baseline`)
+    estimator: Literal["reparam", "score", "score-baseline"] = "reparam"
+    # auto: leave-one-out when k > 1, else NVIL's learned baseline (see dgm.build)
+    baseline: Literal["auto", "running", "learned", "loo"] = "auto"
+    baseline_decay: float = Field(0.9, ge=0, lt=1)  # running-mean decay, per step
+    baseline_hidden: PositiveInt = 100  # hidden units of NVIL's baseline network
+
+    @model_validator(mode="after")
+    def _check_baseline(self) -> ObjectiveConfig:
+        if self.estimator == "score-baseline" and self.baseline == "loo" and self.k < 2:
+            raise ValueError("baseline = 'loo' (leave-one-out) needs k >= 2 samples")
+        return self
+
+
+class InferenceConfig(_Section):
+    # amortized: an encoder network q_phi(z | x); local: a (lambda_n, eta_n) table per example
+    kind: Literal["amortized", "local"] = "amortized"
+    inner_steps: PositiveInt = 1  # E-steps on the batch's phi_n per M-step on theta (local)
+    local_lr: PositiveFloat = 1e-2  # SparseAdam learning rate of the local tables
+    # test-time E-step for local inference: Adam steps and learning rate per test example
+    test_steps: PositiveInt = 100
+    test_lr: PositiveFloat = 5e-2
 
 
 class TrainConfig(_Section):
@@ -82,6 +107,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
@@ -91,6 +117,17 @@ class Config(_Section):
                 "model.likelihood = 'bernoulli' needs binary data: set data.binarize to 'dynamic' "
                 "or 'static', or use a gaussian likelihood for grey levels"
             )
+        if self.data.dequantize and self.data.binarize != "none":
+            raise ValueError(
+                "data.dequantize acts on grey levels: set data.binarize = 'none' with it"
+            )
+        if self.model.kind == "ae" and self.objective.estimator != "reparam":
+            raise ValueError(
+                "model.kind = 'ae' trains a deterministic code: objective.estimator must be "
+                "'reparam' (score-function estimators need a stochastic q)"
+            )
+        if self.model.kind == "ae" and self.inference.kind == "local":
+            raise ValueError("inference.kind = 'local' is per-datapoint VB: use model.kind = 'vae'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

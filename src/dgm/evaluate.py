@@ -68,14 +68,16 @@ def importance_log_likelihood(
     lower bound in expectation for every k. Memory stays bounded: examples go in batches of
     ``batch_size`` and the k samples in chunks so that at most ``pairs_per_pass`` (sample, example)
     pairs go through the networks at once; the log-sum-exp is accumulated across chunks.
-    ``on_batch(n_done)`` is called after each batch of examples (for a progress bar).
+    ``on_batch(n_done)`` is called after each batch of examples (for a progress bar). The
+    posterior is called as ``posterior(x_b, index)`` with the rows' indices into x, so a
+    per-datapoint table fitted to x works as well as an encoder.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     log_px, elbo = [], []
     for start, b in _chunks(x.shape[0], batch_size):
         x_b = x[start : start + b]  # (B, D)
-        q = posterior(x_b)
+        q = posterior(x_b, torch.arange(start, start + b, device=x.device))  # rows of x
         k_chunk = max(1, pairs_per_pass // b)
         running_lse = torch.full((b,), float("-inf"), device=x.device, dtype=x.dtype)
         running_sum = torch.zeros(b, device=x.device, dtype=torch.float64)

@@ -174,8 +174,39 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "x", [torch.full((3, 2), 1.5), torch.full((3, 2), -0.1), torch.ones(6), torch.ones(3, 2).long()]
+    ("x", "binarize", "deq"),
+    [
+        (torch.full((3, 2), 1.5), "dynamic", False),
+        (torch.full((3, 2), -0.1), "static", False),
+        (torch.full((3, 2), 1.5), "none", True),
+        (torch.ones(6), "none", False),
+        (torch.ones(3, 2).long(), "none", False),
+    ],
 )
-def test_bad_x(x: torch.Tensor) -> None:
+def test_bad_x(x: torch.Tensor, binarize: str, deq: bool) -> None:
     with pytest.raises(UsageError, match="TensorBatches expects"):
-        TensorBatches(x, 2, True, "none", torch.Generator())
+        TensorBatches(x, 2, True, binarize, torch.Generator(), dequantize=deq)
+
+
+def test_real_valued_data_pass_through_without_binarization() -> None:
+    x = torch.randn(5, 3)
+    (batch, index), *_ = TensorBatches(x, 5, False, "none", torch.Generator())
+    assert torch.equal(batch, x) and torch.equal(index, torch.arange(5))
+
+
+def test_dequantization_spreads_each_grey_level_over_its_own_bin() -> None:
+    from dgm.data import dequantize_fixed
+
+    pixels = torch.randint(0, 256, (400, 30))
+    x = pixels.float() / 255.0
+    g = torch.Generator().manual_seed(0)
+    batches = TensorBatches(x, 400, False, "none", g, dequantize=True)
+    a, b = next(iter(batches))[0], next(iter(batches))[0]
+    for y in (a, b, dequantize_fixed(x, 3)):
+        assert torch.equal(torch.floor(y * 256).long(), pixels)  # inside [pixel, pixel + 1) / 256
+        u = y * 256 - pixels  # the uniforms: mean 1/2, variance 1/12, within 4 standard errors
+        assert abs(u.mean().item() - 0.5) < 4 * (1 / 12) ** 0.5 / u.numel() ** 0.5
+    assert not torch.equal(a, b)  # fresh noise each pass
+    assert torch.equal(dequantize_fixed(x, 3), dequantize_fixed(x, 3))
+    with pytest.raises(UsageError, match="dequantize"):
+        TensorBatches(x, 2, True, "dynamic", g, dequantize=True)

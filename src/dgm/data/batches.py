@@ -5,7 +5,12 @@ Binarization turns grey levels :math:`x \in [0, 1]^D` into :math:`b \sim \mathrm
 - ``dynamic``: a fresh draw every time an example is served (Salakhutdinov and Murray, 2008;
   the IWAE paper's setting, Burda et al., 2016, sec. 5);
 - ``static``: one draw made at construction and kept (Larochelle and Murray, 2011);
-- ``none``: the grey levels themselves.
+- ``none``: the grey levels themselves, optionally dequantized.
+
+Dequantization turns the 256 grey levels into a density problem: x = (pixel + u) / 256 with
+u ~ U[0, 1)^D (Uria et al. 2013; Theis et al. 2016), fresh per batch in training and fixed for a
+test set. A density p on [0, 1)^D then gives log P(pixels) >= log p(x) - D log 256 (Jensen),
+the bound behind the bits per dimension that papers report.
 
 No per-item Python loader: an epoch is one ``randperm`` and a sequence of index gathers.
 """
@@ -20,7 +25,14 @@ from torch import Tensor
 
 from dgm.errors import UsageError
 
-__all__ = ["Binarize", "TensorBatches", "binarize_fixed", "to_unit_interval"]
+__all__ = [
+    "Binarize",
+    "TensorBatches",
+    "binarize_fixed",
+    "dequantize",
+    "dequantize_fixed",
+    "to_unit_interval",
+]
 
 
 class Binarize(StrEnum):
@@ -53,6 +65,18 @@ def binarize_fixed(x: Tensor, seed: int) -> Tensor:
     return (u < x.detach().cpu()).to(dtype=x.dtype, device=x.device)
 
 
+def dequantize(x: Tensor, u: Tensor) -> Tensor:
+    """Grey levels x = pixel / 255 and uniforms u in [0, 1) -> (pixel + u) / 256, in [0, 1)."""
+    return (torch.round(x * 255.0) + u) / 256.0
+
+
+def dequantize_fixed(x: Tensor, seed: int) -> Tensor:
+    """One fixed dequantization of ``x`` (uniforms from a CPU generator seeded with ``seed``)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.rand(x.shape, generator=g, dtype=x.dtype).to(x.device)
+    return dequantize(x, u)
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     if a.type != b.type:
         return False
@@ -75,6 +99,9 @@ class TensorBatches:
         generator: drives the shuffling and the dynamic draws; it must live on ``x``'s device.
             The caller owns it, so its state can be checkpointed and an epoch replayed.
         drop_last: skip a final batch smaller than ``B``.
+        dequantize: with ``binarize="none"``, serve (pixel + u) / 256, u ~ U[0, 1) fresh each
+            time (x must then be grey levels pixel / 255). Without binarization or
+            dequantization x may hold any real values (synthetic data).
         static_seed: the seed of the one draw made for ``binarize="static"``
             (through :func:`binarize_fixed`, so it does not touch ``generator``).
     """
@@ -88,16 +115,12 @@ class TensorBatches:
         generator: torch.Generator,
         drop_last: bool = False,
         static_seed: int = 0,
+        dequantize: bool = False,
     ) -> None:
         if x.ndim != 2 or not x.is_floating_point():
             raise UsageError(
                 f"TensorBatches expects a floating x of shape (N, D), "
                 f"got {x.dtype} of shape {tuple(x.shape)}"
-            )
-        if x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
-            raise UsageError(
-                f"TensorBatches expects x in [0, 1], got values in "
-                f"[{float(x.min())}, {float(x.max())}]"
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -106,6 +129,15 @@ class TensorBatches:
         except ValueError:
             choices = ", ".join(b.value for b in Binarize)
             raise UsageError(f"binarize={binarize!r}: expected one of {choices}") from None
+        if dequantize and self.binarize is not Binarize.NONE:
+            raise UsageError("dequantize needs binarize='none' (it acts on grey levels)")
+        needs_unit = dequantize or self.binarize is not Binarize.NONE
+        if needs_unit and x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
+            raise UsageError(
+                f"TensorBatches expects x in [0, 1] to binarize or dequantize, got values in "
+                f"[{float(x.min())}, {float(x.max())}]"
+            )
+        self.dequantize = dequantize
         if not _same_device(generator.device, x.device):
             raise UsageError(
                 f"the generator lives on {generator.device} but x on {x.device}: "
@@ -138,4 +170,7 @@ class TensorBatches:
             x = self.x[index]  # (B, D)
             if self.binarize is Binarize.DYNAMIC:
                 x = torch.bernoulli(x, generator=self.generator)  # (B, D) in {0, 1}
+            elif self.dequantize:
+                u = torch.rand(x.shape, generator=self.generator, device=device, dtype=x.dtype)
+                x = dequantize(x, u)  # (B, D) in [0, 1)
             yield x, index

@@ -1,4 +1,9 @@
-"""The training loop: amortized VB with a gradient estimator, one epoch at a time.
+"""The training loop: VB with a gradient estimator, one epoch at a time.
+
+With an amortized encoder every step updates theta and phi together. With per-datapoint
+(``local``) inference every batch runs the lecture's VB-EM alternation: ``inner_steps - 1``
+E-steps on the batch's rows (lambda_n, eta_n) with theta frozen, then one step that updates both
+the rows (the last E-step) and theta (the M-step) from the same gradient evaluation.
 
 The trainer owns everything a run needs to continue exactly: the model, the posterior, the
 optimizer, the step counters and the random number generators (the global torch RNG, used by
@@ -18,8 +23,15 @@ from tqdm.auto import tqdm
 
 from dgm.build import build_estimator, build_model, build_posterior
 from dgm.config import Config
-from dgm.data import TensorBatches, binarize_fixed, load_dataset, to_unit_interval
+from dgm.data import (
+    TensorBatches,
+    binarize_fixed,
+    dequantize_fixed,
+    load_dataset,
+    to_unit_interval,
+)
 from dgm.errors import CheckpointError, UsageError
+from dgm.estep import fit_local_posterior, frozen
 from dgm.estimators import Estimate
 from dgm.train.checkpoint import (
     Checkpoint,
@@ -67,6 +79,8 @@ def load_data(config: Config, device: torch.device) -> Data:
         # Under dynamic binarization the test set is still binarized once, with a fixed seed, so
         # that every evaluation of a run sees the same binary test images.
         x_test = binarize_fixed(x_test, dc.binarize_seed)
+    elif dc.dequantize:  # likewise one fixed dequantization of the test set
+        x_test = dequantize_fixed(x_test, dc.binarize_seed)
     return Data(x_train, x_test, tuple(ds.train_images.shape[1:]))
 
 
@@ -81,17 +95,25 @@ class Trainer:
         data_dim = self.data.x_train.shape[1]
 
         torch.manual_seed(config.train.seed)
+        self.local = config.inference.kind == "local"
         self.model = build_model(config.model, data_dim).to(self.device)
-        self.posterior = build_posterior(config.model, data_dim).to(self.device)
+        self.posterior = build_posterior(config, data_dim, self.data.x_train.shape[0])
+        self.posterior = self.posterior.to(self.device)
         if config.model.init_output_bias:
             self.model.init_output_bias(self.data.x_train.mean(0))  # grey levels' mean, (D,)
-        self.estimator = build_estimator(config)
+        self.estimator = build_estimator(config, data_dim).to(self.device)
         tc = config.train
-        self.optimizer = torch.optim.Adam(
-            [*self.model.parameters(), *self.posterior.parameters()],
-            lr=tc.lr,
-            betas=tc.betas,
-            eps=tc.eps,
+        global_params = [*self.model.parameters(), *self.estimator.parameters()]
+        if not self.local:
+            global_params += list(self.posterior.parameters())
+        self.optimizer = torch.optim.Adam(global_params, lr=tc.lr, betas=tc.betas, eps=tc.eps)
+        # the per-datapoint tables: lazy (sparse) Adam touches only the rows in the batch
+        self.local_optimizer = (
+            torch.optim.SparseAdam(
+                list(self.posterior.parameters()), lr=config.inference.local_lr, betas=tc.betas
+            )
+            if self.local
+            else None
         )
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)
         self.batches = TensorBatches(
@@ -101,6 +123,7 @@ class Trainer:
             binarize=config.data.binarize,
             generator=self.generator,
             static_seed=config.data.binarize_seed,
+            dequantize=config.data.dequantize,
         )
         self.epoch = 0
         self.step = 0
@@ -129,6 +152,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         self.posterior.train()
+        self.estimator.train()
         totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # bound, log_lik, kl
         n = 0
         bar = tqdm(
@@ -140,13 +164,7 @@ class Trainer:
         )
         start = time.perf_counter()
         for i, (x, index) in enumerate(self.batches):
-            beta = self.kl_weight(self.step)
-            est: Estimate = self.estimator(self.model, self.posterior(x, index), x, beta)
-            loss = -est.surrogate.mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
+            est = self.train_step(x, index)
             with torch.no_grad():
                 batch = torch.stack([est.bound.sum(), est.log_lik.sum(), est.kl.sum()])
                 totals += batch.double()
@@ -166,17 +184,69 @@ class Trainer:
         out["images_per_s"] = n / elapsed
         return out
 
-    @torch.inference_mode()
+    def train_step(self, x: torch.Tensor, index: torch.Tensor) -> Estimate:
+        """One step on the batch (x, index): E-steps first under local inference, then the
+        update of theta (and phi, or the batch's rows) from one gradient evaluation."""
+        beta = self.kl_weight(self.step)
+        if self.local_optimizer is not None:
+            self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
+        est = self.estimator(self.model, self.posterior(x, index), x, beta)
+        loss = -est.surrogate.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.local_optimizer is not None:
+            self.local_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.local_optimizer is not None:
+            self.local_optimizer.step()
+        self.step += 1
+        return est
+
+    def e_step(self, x: torch.Tensor, index: torch.Tensor, steps: int, beta: float = 1.0) -> None:
+        """``steps`` updates of the rows (lambda_n, eta_n) of the batch, theta frozen."""
+        if self.local_optimizer is None:
+            raise UsageError("e_step needs per-datapoint inference (inference.kind = 'local')")
+        with frozen(self.model), frozen(self.estimator):
+            for _ in range(steps):
+                est = self.estimator(self.model, self.posterior(x, index), x, beta)
+                self.local_optimizer.zero_grad(set_to_none=True)
+                (-est.surrogate.mean()).backward()
+                self.local_optimizer.step()
+
+    def test_posterior(self, x: torch.Tensor) -> torch.nn.Module:
+        """The q used on held-out x: the encoder, or (local inference) a fresh E-step fit."""
+        if not self.local:
+            return self.posterior
+        ic = self.config.inference
+        return fit_local_posterior(
+            self.model,
+            x,
+            steps=ic.test_steps,
+            lr=ic.test_lr,
+            batch_size=self.config.train.eval_batch_size,
+        )
+
     def evaluate(self, x: torch.Tensor | None = None) -> dict[str, float]:
-        """Test-set bound with the training estimator's settings (K samples, its KL mode)."""
+        """Test-set bound with the training estimator's settings (K samples, its KL mode).
+
+        Under local inference the test examples' q_n are first fitted with theta frozen
+        (``inference.test_steps`` Adam steps each): the E-step of VB-EM.
+        """
         x = self.data.x_test if x is None else x
+        posterior = self.test_posterior(x)
+        return self._evaluate_with(posterior, x)
+
+    @torch.inference_mode()
+    def _evaluate_with(self, posterior: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
         self.model.eval()
-        self.posterior.eval()
+        posterior.eval()
+        self.estimator.eval()
         totals = torch.zeros(3, device=self.device, dtype=torch.float64)
         bs = self.config.train.eval_batch_size
         for start in range(0, x.shape[0], bs):
             x_b = x[start : start + bs]
-            est = self.estimator(self.model, self.posterior(x_b), x_b)
+            index = torch.arange(start, start + x_b.shape[0], device=x.device)
+            est = self.estimator(self.model, posterior(x_b, index), x_b)
             totals += torch.stack([est.bound.sum(), est.log_lik.sum(), est.kl.sum()]).double()
         bound, log_lik, kl = (totals / x.shape[0]).tolist()
         out = {"test_log_lik": log_lik, "test_kl": kl}
@@ -190,8 +260,12 @@ class Trainer:
             epoch=self.epoch,
             step=self.step,
             config=self.config.to_dict(),
-            modules={"model": self.model.state_dict(), "posterior": self.posterior.state_dict()},
-            optimizer=self.optimizer.state_dict(),
+            modules={
+                "model": self.model.state_dict(),
+                "posterior": self.posterior.state_dict(),
+                "estimator": self.estimator.state_dict(),
+            },
+            optimizer=self._optimizer_state(),
             rng=capture_rng(self.generator),
             extra={"train_time_s": self.train_time_s, "metrics": metrics or {}},
         )
@@ -207,13 +281,21 @@ class Trainer:
             raise CheckpointError(
                 f"{path}: was written for a different model configuration than {self.run_dir}"
             )
+        saved_inference = ckpt.config.get("inference", {}).get("kind", "amortized")
+        if saved_inference != self.config.inference.kind:
+            raise CheckpointError(
+                f"{path}: was written with inference.kind = {saved_inference!r}, "
+                f"not {self.config.inference.kind!r}"
+            )
         load_module_state(self.model, ckpt.modules["model"], path)
         load_module_state(self.posterior, ckpt.modules["posterior"], path)
+        # runs saved before estimators had state (issue 2) carry no "estimator" entry
+        load_module_state(self.estimator, ckpt.modules.get("estimator", {}), path)
         self.epoch, self.step = ckpt.epoch, ckpt.step
         if weights_only:
             return path
         try:
-            self.optimizer.load_state_dict(ckpt.optimizer)
+            self._load_optimizer_state(ckpt.optimizer)
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{path}: optimizer state does not match ({err})") from None
         try:
@@ -224,6 +306,21 @@ class Trainer:
             ) from None
         self.train_time_s = float(ckpt.extra.get("train_time_s", 0.0))
         return path
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        state = {"global": self.optimizer.state_dict()}
+        if self.local_optimizer is not None:
+            state["local"] = self.local_optimizer.state_dict()
+        return state
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if "param_groups" in state:  # a single optimizer's state, as runs before VB-EM saved it
+            state = {"global": state}
+        if set(state) != ({"global", "local"} if self.local else {"global"}):
+            raise ValueError(f"expected optimizer states for global/local, found {sorted(state)}")
+        self.optimizer.load_state_dict(state["global"])
+        if self.local_optimizer is not None:
+            self.local_optimizer.load_state_dict(state["local"])
 
     # -- the whole run ---------------------------------------------------------------------------
     def fit(

@@ -164,13 +164,21 @@ def train_run(
     return trainer
 
 
-@torch.inference_mode()
 def write_figures(trainer: Trainer, run_dir: Path, seed: int = 0) -> None:
     """samples.png, train_vs_generated.png, reconstructions.png and curves.png."""
-    shape = trainer.data.image_shape
-    model, posterior = trainer.model.eval(), trainer.posterior.eval()
     rng_state = torch.get_rng_state()  # figures must not disturb the training RNG stream
     torch.manual_seed(seed)
+    x = trainer.data.x_test[:32]
+    posterior = trainer.test_posterior(x)  # local inference: an E-step fit to these 32
+    with torch.inference_mode():
+        _write_figures(trainer, posterior, x, run_dir)
+    torch.set_rng_state(rng_state)
+
+
+def _write_figures(trainer: Trainer, posterior: torch.nn.Module, x: torch.Tensor, run_dir: Path):
+    shape = trainer.data.image_shape
+    model = trainer.model.eval()
+    posterior.eval()
     _, p_x = model.sample(64)
     save_grid(p_x.mean, run_dir / "samples.png", shape)
     x_train = trainer.data.x_train[:64]
@@ -181,12 +189,11 @@ def write_figures(trainer: Trainer, run_dir: Path, seed: int = 0) -> None:
         run_dir / "train_vs_generated.png",
         shape,
     )
-    x = trainer.data.x_test[:32]
-    x_rec = model.likelihood(posterior(x).mean).mean  # decode the posterior mean
+    index = torch.arange(x.shape[0], device=x.device)
+    x_rec = model.likelihood(posterior(x, index).mean).mean  # decode the posterior mean
     save_reconstructions(x, x_rec, run_dir / "reconstructions.png", shape)
     if (run_dir / METRICS).exists():
         save_curves(run_dir / METRICS, run_dir / "curves.png")
-    torch.set_rng_state(rng_state)
 
 
 def load_trained(run_dir: Path, device: str | None = None, limit: int | None = None) -> Trainer:

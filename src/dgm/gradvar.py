@@ -1,0 +1,141 @@
+r"""The variance of gradient estimators, measured: the lecture's argument for the reparameterization
+trick, as numbers.
+
+For a fixed batch x and fixed parameters, each call of an estimator gives a random gradient
+g in R^P of the batch-mean ELBO with respect to the chosen parameters (the encoder's, or the
+per-datapoint tables'). Drawing R of them independently,
+
+    variance       = tr Cov[g]  ~ sum_p  sample variance of g_p           (unbiased, 1/(R-1))
+    mean_sq_norm   = ||E g||^2  ~ ||g_bar||^2 - variance / R              (debiased, clipped at 0)
+    snr            = ||E g|| / sqrt(tr Cov[g])
+
+Every unbiased estimator has the same E g, so ``mean_sq_norm`` is the same quantity for all of
+them (up to noise) and the variances compare directly. (Rainforth et al. 2018 use the
+per-parameter |E g_p| / std g_p; the aggregate here is one number per estimator.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from dgm.estep import frozen
+from dgm.estimators import Estimator
+
+
+@dataclass
+class GradientStats:
+    variance: float  # trace of the covariance of one gradient estimate
+    variance_se: float  # its Monte Carlo standard error (batch means over groups of draws)
+    mean_sq_norm: float  # ||E g||^2, debiased
+    snr: float  # ||E g|| / sqrt(variance)
+    repeats: int
+    seconds: float  # wall time of the R estimates
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def gradient_variance(
+    estimator: Estimator,
+    model: nn.Module,
+    posterior: nn.Module,
+    x: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    repeats: int,
+    index: torch.Tensor | None = None,
+    groups: int = 10,
+) -> GradientStats:
+    r"""Draw ``repeats`` independent gradients of the batch-mean ELBO surrogate w.r.t. ``params``.
+
+    The estimator is put in eval mode, so stateful baselines stay fixed across draws (warm them
+    up first with :func:`warm_up_baseline`). The draws are split into ``groups`` consecutive
+    groups, each accumulated in float64 with Welford's update (memory O(groups * P)); the
+    groups' variances give the standard error of the variance (batch means), and they are
+    pooled exactly (Chan et al. 1979) for the estimates.
+    """
+    if repeats < 2 * groups:
+        raise ValueError(f"repeats must be >= 2 * groups = {2 * groups}, got {repeats}")
+    params = list(params)
+    was_training = estimator.training
+    estimator.eval()
+    sizes = [repeats // groups + (i < repeats % groups) for i in range(groups)]
+    means, m2s = [], []
+    start = time.perf_counter()
+    for size in sizes:
+        mean: torch.Tensor | None = None
+        m2: torch.Tensor | None = None
+        for r in range(1, size + 1):
+            est = estimator(model, posterior(x, index), x)
+            grads = torch.autograd.grad(est.surrogate.mean(), params, allow_unused=True)
+            g = torch.cat(
+                [
+                    (gr if gr is not None else torch.zeros_like(p)).reshape(-1)
+                    for gr, p in zip(grads, params, strict=True)
+                ]
+            ).double()  # (P,)
+            if mean is None:
+                mean, m2 = g.clone(), torch.zeros_like(g)
+            else:
+                delta = g - mean
+                mean += delta / r
+                m2 += delta * (g - mean)
+        assert mean is not None and m2 is not None
+        means.append(mean)
+        m2s.append(m2)
+    seconds = time.perf_counter() - start
+    estimator.train(was_training)
+    n = torch.tensor(sizes, dtype=torch.float64, device=means[0].device)  # (G,)
+    mean_all = (torch.stack(means) * n[:, None]).sum(0) / repeats  # (P,)
+    m2_all = sum(m2s) + sum(
+        ni * (mi - mean_all) ** 2 for ni, mi in zip(n, means, strict=True)
+    )  # pooled sum of squared deviations, (P,)
+    variance = (m2_all.sum() / (repeats - 1)).item()
+    group_var = torch.stack([m.sum() / (ni - 1) for m, ni in zip(m2s, n, strict=True)])  # (G,)
+    variance_se = (group_var.std() / math.sqrt(groups)).item()
+    mean_sq = max(0.0, (mean_all @ mean_all).item() - variance / repeats)
+    snr = math.sqrt(mean_sq / variance) if variance > 0 else math.inf
+    return GradientStats(variance, variance_se, mean_sq, snr, repeats, seconds)
+
+
+def warm_up_baseline(
+    estimator: Estimator,
+    model: nn.Module,
+    posterior: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    lr: float = 1e-3,
+    on_step: Callable[[int], None] | None = None,
+) -> None:
+    """Fit a control variate's state and parameters with the model and posterior frozen.
+
+    A baseline is only as good as its fit to the current model: NVIL's network and the running
+    mean are trained for ``steps`` batches (Adam on the baseline's regression loss) before its
+    variance is measured. Baselines with nothing to fit (leave-one-out, none) return at once.
+    """
+    baseline = getattr(estimator, "baseline", None)
+    if baseline is None or (not list(baseline.parameters()) and not list(baseline.buffers())):
+        return
+    params = list(baseline.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr) if params else None
+    estimator.train()
+    done = 0
+    with frozen(model), frozen(posterior):
+        while done < steps:
+            for x, index in batches:
+                est = estimator(model, posterior(x, index), x)
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    (-est.surrogate.mean()).backward()
+                    optimizer.step()
+                done += 1
+                if on_step is not None:
+                    on_step(done)
+                if done >= steps:
+                    break
+    estimator.eval()
