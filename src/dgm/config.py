@@ -77,8 +77,8 @@ class InferenceConfig(_Section):
     inner_steps: PositiveInt = 1  # E-steps on the batch's phi_n per M-step on theta (local)
     local_lr: PositiveFloat = 1e-2  # SparseAdam learning rate of the local tables
     # test-time E-step for local inference: Adam steps and learning rate per test example
-    test_steps: PositiveInt = 100
-    test_lr: PositiveFloat = 5e-2
+    test_steps: PositiveInt = 300
+    test_lr: PositiveFloat = 0.1
 
 
 class TrainConfig(_Section):
