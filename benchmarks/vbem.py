@@ -33,6 +33,7 @@ from dgm.train.run import prepare_new_run, read_metrics, train_run  # noqa: E402
 SYSTEMS: dict[str, dict[str, object]] = {
     "amortized, reparam": {},
     "amortized, score": {"objective.estimator": "score"},
+    "amortized, score, K=10": {"objective.estimator": "score", "objective.k": 10},
     "amortized, score + NVIL baseline": {"objective.estimator": "score-baseline"},
     "amortized, score + leave-one-out, K=10": {
         "objective.estimator": "score-baseline",

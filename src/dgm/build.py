@@ -11,6 +11,7 @@ from dgm.models import (
     BernoulliLikelihood,
     DeepLatentModel,
     GaussianLikelihood,
+    IsotropicGaussianLikelihood,
     LearnedGaussianLikelihood,
     Likelihood,
     StandardNormalPrior,
@@ -24,6 +25,8 @@ def build_likelihood(cfg: ModelConfig) -> Likelihood:
         return BernoulliLikelihood()
     if cfg.likelihood == "gaussian":
         return GaussianLikelihood(cfg.gaussian_scale)
+    if cfg.likelihood == "gaussian-isotropic":
+        return IsotropicGaussianLikelihood(cfg.gaussian_scale)
     return LearnedGaussianLikelihood(cfg.min_scale)
 
 

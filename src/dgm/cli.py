@@ -13,7 +13,22 @@ from dgm.errors import DGMError, UsageError
 
 # flag -> dotted config key (flags override the config file and --set)
 TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
-    "model": ("model.kind", str, "vae (VB with an amortized encoder) or ae (plain autoencoder)"),
+    "model": (
+        "model.kind",
+        str,
+        "vae (variational Bayes), ae (plain autoencoder), ppca or gmm (exact EM)",
+    ),
+    "estimator": ("objective.estimator", str, "reparam, score or score-baseline"),
+    "baseline": (
+        "objective.baseline",
+        str,
+        "score-baseline's control variate: auto, running, "
+        "learned (NVIL) or loo (leave-one-out, K > 1)",
+    ),
+    "inference": ("inference.kind", str, "amortized (encoder) or local (per-datapoint q_n)"),
+    "inner_steps": ("inference.inner_steps", int, "local: E-steps on the batch's q_n per M-step"),
+    "components": ("model.components", int, "gmm: number of mixture components"),
+    "covariance": ("model.covariance", str, "gmm: full or diag"),
     "dataset": ("data.dataset", str, "mnist (embedded) or fashion-mnist"),
     "data_dir": ("data.data_dir", str, "directory holding the dataset's IDX files"),
     "download": ("data.download", None, "fetch missing dataset files (checksums verified)"),
@@ -84,6 +99,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
     overrides = _overrides(args)
+    if args.resume is None:
+        config = load_config(args.config, overrides)
+        if config.model.kind in ("ppca", "gmm"):
+            return _train_classical(args, config)
     if args.resume is not None:
         run_dir = Path(args.resume)
         if args.config or args.out or args.force:
@@ -121,6 +140,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_classical(args: argparse.Namespace, config: Any) -> int:
+    from dgm.train.classical import run_classical
+    from dgm.train.run import check_new_run, default_run_dir, prepare_new_run
+
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    check_new_run(run_dir, force=args.force)
+    prepare_new_run(config, run_dir, force=args.force)
+    print(f"run directory: {run_dir}", flush=True)
+
+    def show(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            print(
+                f"EM iteration {row['iteration']:>3}  train log p(x) "
+                f"{row['train_log_likelihood']:.2f}  ({row['time_s']:.0f} s)",
+                flush=True,
+            )
+
+    r = run_classical(config, run_dir, on_iter=show)
+    print(
+        f"test log p(x) {r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_stderr']:.2f} "
+        f"nats ({r['test_bits_per_dim']:.3f} bits/dim, exact, n = {r['n']}); "
+        f"fitted in {r['fit_time_s']:.1f} s",
+        flush=True,
+    )
+    return 0
+
+
+def _eval_classical(args: argparse.Namespace, run_dir: Path) -> int:
+    from dgm.config import load_run_config
+    from dgm.train.classical import WEIGHTS, load_classical, test_log_likelihood
+    from dgm.train.loop import load_data, resolve_device
+
+    config = load_run_config(run_dir / "config.json")
+    if args.device is not None:
+        config.train.device = args.device
+    if args.limit is not None:
+        config.data.test_limit = min(args.limit, config.data.test_limit or args.limit)
+    device = resolve_device(config.train.device)
+    model = load_classical(config, run_dir / WEIGHTS).to(device)
+    summary = test_log_likelihood(model, load_data(config, device).x_test)
+    summary["exact"] = True
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"test log p(x)        {summary['test_log_likelihood']:.2f} ± "
+            f"{summary['test_log_likelihood_stderr']:.2f} nats (exact, n = {summary['n']}), "
+            f"{summary['test_bits_per_dim']:.3f} bits/dim"
+        )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -133,6 +204,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
     run_dir = Path(args.run_dir)
+    from dgm.config import load_run_config
+
+    if load_run_config(run_dir / "config.json").model.kind in ("ppca", "gmm"):
+        return _eval_classical(args, run_dir)
     trainer = load_trained(run_dir, device=args.device, limit=args.limit)
     if trainer.config.model.kind != "vae":
         raise UsageError(f"{run_dir}: a plain autoencoder has no likelihood bound to evaluate")
@@ -161,6 +236,167 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         print(f"time                 {summary['seconds']:.1f} s")
     return 0
+
+
+def _load_for_measurement(target: Path, device: str | None):
+    """A trained run's latest checkpoint, or (a TOML config) the model at initialization."""
+    from dgm.config import load_config, load_run_config
+    from dgm.train import Trainer
+    from dgm.train.run import load_trained
+
+    if target.is_dir():
+        kind = load_run_config(target / "config.json").model.kind
+        if kind != "vae":
+            raise UsageError(f"{target}: a '{kind}' run has no variational posterior to measure")
+        return load_trained(target, device=device), f"{target} (epoch {{epoch}})"
+    if target.suffix != ".toml":
+        raise UsageError(f"{target}: expected a run directory or a TOML config file")
+    config = load_config(target, {"train.device": device} if device else None)
+    if config.model.kind != "vae":
+        raise UsageError(f"{target}: model.kind must be 'vae' to measure gradient estimators")
+    return Trainer(config, Path("unused")), f"{target} at initialization"
+
+
+def cmd_gradvar(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from dgm.build import build_baseline
+    from dgm.data import binarize_fixed, dequantize_fixed
+    from dgm.estimators import ScoreFunction
+    from dgm.gradvar import compare_estimators, warm_up_baseline
+    from dgm.plots import save_gradvar
+    from dgm.train.files import atomic_write_text
+
+    ks = [int(v) for v in args.k.split(",") if v]
+    if not ks or min(ks) < 1:
+        raise UsageError(f"--k {args.k}: expected comma-separated positive integers like 1,10,100")
+    if args.repeats < 20:
+        raise UsageError(f"--repeats {args.repeats}: expected at least 20 gradient draws")
+    if args.batch_size < 1 or args.baseline_steps < 0:
+        raise UsageError("--batch-size must be positive and --baseline-steps non-negative")
+    target = Path(args.target)
+    trainer, what = _load_for_measurement(target, args.device)
+    what = what.format(epoch=trainer.epoch)
+    config = trainer.config
+    torch.manual_seed(args.seed)
+    n = min(args.batch_size, trainer.data.x_train.shape[0])
+    index = torch.arange(n, device=trainer.device)
+    x = trainer.data.x_train[:n]
+    if config.data.binarize != "none":
+        x = binarize_fixed(x, args.seed)
+    elif config.data.dequantize:
+        x = dequantize_fixed(x, args.seed)
+    model, posterior = trainer.model.eval(), trainer.posterior.eval()
+    data_dim = x.shape[1]
+    baselines = {}
+    for name in ("running", "learned"):
+        oc = config.objective.model_copy(update={"baseline": name, "k": 1})
+        baseline = build_baseline(oc, data_dim).to(trainer.device)
+        estimator = ScoreFunction(k=1, baseline=baseline)
+        with tqdm(total=args.baseline_steps, disable=args.json, desc=f"fit {name} baseline") as b:
+            warm_up_baseline(
+                estimator, model, posterior, trainer.batches, args.baseline_steps,
+                on_step=lambda s, b=b: b.update(s - b.n),
+            )  # fmt: skip
+        baselines[name] = baseline.eval()
+
+    def show(r: dict[str, Any]) -> None:
+        if not args.json:
+            name = r["estimator"] + (f" + {r['baseline']}" if r["baseline"] else "")
+            ratio = r["variance_ratio_to_reparam"]
+            print(
+                f"K={r['k']:<4} {name:<26} variance {r['variance']:.4g} "
+                f"(± {r['variance_se']:.2g})  ||E g||^2 {r['mean_sq_norm']:.3g}  "
+                f"SNR {r['snr']:.3g}  x reparam {ratio:.3g}",
+                flush=True,
+            )
+
+    records = compare_estimators(
+        model, posterior, x, index, baselines, ks=ks, repeats=args.repeats, on_record=show
+    )
+    out_dir = target if target.is_dir() else Path(args.out or ".")
+    summary = {
+        "target": what,
+        "parameters": "per-datapoint tables" if trainer.local else "encoder",
+        "batch_size": n,
+        "repeats": args.repeats,
+        "baseline_steps": args.baseline_steps,
+        "results": records,
+    }
+    atomic_write_text(out_dir / "gradvar.json", json.dumps(summary, indent=2) + "\n")
+    save_gradvar(records, out_dir / "gradvar.png", title=f"gradient variance: {what}")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {out_dir / 'gradvar.json'} and {out_dir / 'gradvar.png'}")
+    return 0
+
+
+def cmd_gap(args: argparse.Namespace) -> int:
+    import torch
+
+    from dgm.evaluate import inference_gaps
+    from dgm.train.files import atomic_write_text
+    from dgm.train.run import load_trained
+
+    if args.k < 1 or args.steps < 1 or args.elbo_samples < 1:
+        raise UsageError("--k, --steps and --elbo-samples must be positive")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
+    run_dir = Path(args.run_dir)
+    trainer = load_trained(run_dir, device=args.device, limit=args.limit)
+    if trainer.config.model.kind != "vae" or trainer.local:
+        raise UsageError(
+            f"{run_dir}: the amortization gap needs a VAE with an encoder (inference.kind = "
+            "'amortized')"
+        )
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    result = inference_gaps(
+        trainer.model,
+        trainer.posterior,
+        trainer.data.x_test,
+        k=args.k,
+        steps=args.steps,
+        lr=args.lr,
+        elbo_samples=args.elbo_samples,
+        on_stage=None if args.json else (lambda s: print(f"... {s}", flush=True)),
+    )
+    result["epoch"] = trainer.epoch
+    result["seconds"] = time.perf_counter() - start
+    atomic_write_text(run_dir / "gap.json", json.dumps(result, indent=2) + "\n")
+    _save_gap_plot(result, run_dir / "gap.png")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in ("log_likelihood", "elbo_optimized", "elbo_amortized"):
+            print(f"{key:<20} {result[key]:8.2f} ± {result[key + '_stderr']:.2f} nats")
+        for key in ("approximation_gap", "amortization_gap"):
+            print(f"{key:<20} {result[key]:8.2f} ± {result[key + '_stderr']:.2f} nats")
+        print(f"n = {result['n']}, k = {args.k}, {args.steps} steps; {result['seconds']:.0f} s")
+    return 0
+
+
+def _save_gap_plot(r: dict[str, Any], path: Path) -> None:
+    from dgm.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    levels = [
+        ("log p(x)", r["log_likelihood"]),
+        ("ELBO, optimized q", r["elbo_optimized"]),
+        ("ELBO, encoder q", r["elbo_amortized"]),
+    ]
+    ax.barh([n for n, _ in levels], [v for _, v in levels], color=["C2", "C0", "C1"])
+    lo = min(v for _, v in levels) - 2
+    ax.set_xlim(lo, max(v for _, v in levels) + 1)
+    ax.set_xlabel("nats per test example")
+    ax.set_title(
+        f"approximation gap {r['approximation_gap']:.2f}, "
+        f"amortization gap {r['amortization_gap']:.2f} nats"
+    )
+    ax.invert_yaxis()
+    save_figure(fig, path)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -224,6 +460,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "gradvar",
+        help="variance of the ELBO gradient, score function vs reparameterization",
+        description="Draw R independent gradient estimates of the ELBO w.r.t. the encoder's "
+        "(or the per-datapoint tables') parameters, on one batch of training data, for each "
+        "estimator and K; report the variance (trace of the covariance), ||E g||^2, the "
+        "signal-to-noise ratio and the ratio to the reparameterization trick's variance.",
+    )
+    p.add_argument("target", metavar="RUN_DIR_or_CONFIG")
+    p.add_argument("--k", default="1,10,100", help="samples per example to compare, e.g. 1,10")
+    p.add_argument("--repeats", type=int, default=100, help="gradient draws R per estimator")
+    p.add_argument("--batch-size", type=int, default=100, help="training examples in the batch")
+    p.add_argument(
+        "--baseline-steps", type=int, default=500, help="steps fitting the baselines first"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", help="where gradvar.json/png go for a CONFIG (a run: its directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_gradvar)
+
+    p = sub.add_parser(
+        "gap",
+        help="approximation and amortization gaps on test data",
+        description="log p(x) (importance-sampled), the ELBO with the encoder's q, and the ELBO "
+        "after optimizing a q per test example from the encoder's (Cremer et al. 2018).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x)")
+    p.add_argument("--steps", type=int, default=500, help="Adam steps per test example's q")
+    p.add_argument("--lr", type=float, default=0.05, help="their learning rate (cosine-annealed)")
+    p.add_argument("--elbo-samples", type=int, default=1000, help="samples for each ELBO")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_gap)
 
     p = sub.add_parser("sample", help="draw x ~ p(x | z), z ~ p(z) from a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -41,15 +41,37 @@ class DataConfig(_Section):
     test_limit: PositiveInt | None = None  # use only the first N test examples
 
 
+CLASSICAL = ("ppca", "gmm")
+
+
 class ModelConfig(_Section):
-    kind: Literal["vae", "ae"] = "vae"
+    # vae: VB with a stochastic q; ae: the plain autoencoder baseline; ppca, gmm: the classical
+    # models of the lecture's first slides, fitted by exact EM (see the `em` section)
+    kind: Literal["vae", "ae", "ppca", "gmm"] = "vae"
     latent_dim: PositiveInt = 50
     hidden: list[PositiveInt] = Field(default_factory=lambda: [200, 200])
     activation: Literal["tanh", "relu", "elu", "softplus", "leaky_relu", "gelu"] = "tanh"
-    likelihood: Literal["bernoulli", "gaussian", "gaussian-learned"] = "bernoulli"
+    # gaussian: fixed sigma (gaussian_scale); gaussian-learned: sigma(z) per pixel from the
+    # decoder; gaussian-isotropic: one learned sigma (PPCA's likelihood with a linear decoder)
+    likelihood: Literal["bernoulli", "gaussian", "gaussian-learned", "gaussian-isotropic"] = (
+        "bernoulli"
+    )
     init_output_bias: bool = True  # decoder output bias from the training data's mean
     gaussian_scale: PositiveFloat = 1.0  # sigma of the fixed-variance Gaussian likelihood
     min_scale: PositiveFloat = 0.01  # floor on sigma(z) of the learned-variance Gaussian
+    components: PositiveInt = 10  # gmm: mixture components
+    covariance: Literal["full", "diag"] = "full"  # gmm: covariance of each component
+    reg_covar: float = Field(1e-6, ge=0)  # gmm: added to every covariance's diagonal
+
+
+class EMConfig(_Section):
+    """Fitting the classical models (model.kind = ppca | gmm)."""
+
+    # ppca only: the Tipping-Bishop maximum-likelihood solution (exact, instant: the default) or
+    # EM, which converges to it (tested) but slowly when sigma^2 is small
+    method: Literal["closed-form", "em"] = "closed-form"
+    max_iter: PositiveInt = 100
+    tol: float = Field(1e-4, ge=0)  # stop when an iteration gains less (nats per example)
 
 
 class ObjectiveConfig(_Section):
@@ -108,11 +130,31 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    em: EMConfig = Field(default_factory=EMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classical_data_defaults(cls, data: Any) -> Any:
+        """PPCA and GMM are densities on grey levels: unless the config says otherwise, their
+        data are dequantized grey levels (binarize = none, dequantize = true)."""
+        if isinstance(data, dict):
+            model = data.get("model")
+            if isinstance(model, dict) and model.get("kind") in CLASSICAL:
+                section = data.get("data")
+                section = dict(section) if isinstance(section, dict) else {}
+                section.setdefault("binarize", "none")
+                section.setdefault("dequantize", True)
+                data = {**data, "data": section}
+        return data
 
     @model_validator(mode="after")
     def _check_combination(self) -> Config:
-        if self.model.likelihood == "bernoulli" and self.data.binarize == "none":
+        if (
+            self.model.likelihood == "bernoulli"
+            and self.data.binarize == "none"
+            and self.model.kind not in CLASSICAL  # their likelihood is part of the model
+        ):
             raise ValueError(
                 "model.likelihood = 'bernoulli' needs binary data: set data.binarize to 'dynamic' "
                 "or 'static', or use a gaussian likelihood for grey levels"
@@ -120,6 +162,19 @@ class Config(_Section):
         if self.data.dequantize and self.data.binarize != "none":
             raise ValueError(
                 "data.dequantize acts on grey levels: set data.binarize = 'none' with it"
+            )
+        if self.model.kind in CLASSICAL and not (
+            self.data.binarize == "none" and self.data.dequantize
+        ):
+            raise ValueError(
+                f"model.kind = '{self.model.kind}' is a density on grey levels: it needs "
+                "data.binarize = 'none' and data.dequantize = true (on the raw 256 levels the "
+                "likelihood is unbounded)"
+            )
+        if self.model.kind in CLASSICAL and self.inference.kind == "local":
+            raise ValueError(
+                f"model.kind = '{self.model.kind}' has an exact posterior: inference.kind must "
+                "stay 'amortized' (it is not used)"
             )
         if self.model.kind == "ae" and self.objective.estimator != "reparam":
             raise ValueError(

@@ -91,3 +91,61 @@ def importance_log_likelihood(
         if on_batch is not None:
             on_batch(start + b)
     return LogLikelihood(torch.cat(log_px), torch.cat(elbo), k)
+
+
+def inference_gaps(
+    model: DeepLatentModel,
+    posterior: nn.Module,
+    x: torch.Tensor,
+    *,
+    k: int = 5000,
+    steps: int = 500,
+    lr: float = 0.05,
+    elbo_samples: int = 1000,
+    batch_size: int = 100,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, float | int | None]:
+    r"""The inference gaps of an amortized posterior on x (Cremer et al. 2018, section 3).
+
+        log p(x) - ELBO[q_encoder] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_encoder])
+                                   =  approximation gap   +   amortization gap
+
+    q* is the best diagonal Gaussian per example, found by ``steps`` Adam steps on each
+    (lambda_n, eta_n) started from the encoder's (:func:`dgm.estep.fit_local_posterior`);
+    log p(x) is importance-sampled with k samples from q*, the better proposal of the two (a
+    stochastic lower bound either way, so it can only understate the approximation gap and
+    overstate nothing else); both ELBOs are estimated with
+    ``elbo_samples`` samples each. Everything is in nats per example, averaged over x's rows, with
+    paired standard errors for the gaps.
+    """
+    from dgm.estep import fit_local_posterior
+
+    def say(stage: str) -> None:
+        if on_stage is not None:
+            on_stage(stage)
+
+    say(f"optimizing q per example, {steps} steps")
+    optimized = fit_local_posterior(model, x, steps=steps, lr=lr, init=posterior)
+    say(f"log p(x), k = {k}")
+    ll = importance_log_likelihood(model, optimized, x, k, batch_size=batch_size)
+    say(f"ELBOs, {elbo_samples} samples")
+    el_amortized = importance_log_likelihood(model, posterior, x, elbo_samples).elbo
+    el_optimized = importance_log_likelihood(model, optimized, x, elbo_samples).elbo
+    n = x.shape[0]
+
+    def mean_se(v: torch.Tensor) -> tuple[float, float | None]:
+        v = v.double()
+        return v.mean().item(), (v.std().item() / math.sqrt(n) if n > 1 else None)
+
+    out: dict[str, float | int | None] = {}
+    for name, v in (
+        ("log_likelihood", ll.log_likelihood),
+        ("elbo_amortized", el_amortized),
+        ("elbo_optimized", el_optimized),
+        ("amortization_gap", el_optimized - el_amortized),
+        ("approximation_gap", ll.log_likelihood - el_optimized),
+        ("inference_gap", ll.log_likelihood - el_amortized),
+    ):
+        out[name], out[f"{name}_stderr"] = mean_se(v)
+    out.update({"k": k, "steps": steps, "lr": lr, "elbo_samples": elbo_samples, "n": n})
+    return out

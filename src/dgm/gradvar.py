@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,13 @@ class GradientStats:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+def _dense(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor:
+    """A gradient as a dense tensor: zeros if unused, densified if sparse (local tables)."""
+    if grad is None:
+        return torch.zeros_like(param)
+    return grad.to_dense() if grad.is_sparse else grad
 
 
 def gradient_variance(
@@ -74,10 +82,7 @@ def gradient_variance(
             est = estimator(model, posterior(x, index), x)
             grads = torch.autograd.grad(est.surrogate.mean(), params, allow_unused=True)
             g = torch.cat(
-                [
-                    (gr if gr is not None else torch.zeros_like(p)).reshape(-1)
-                    for gr, p in zip(grads, params, strict=True)
-                ]
+                [_dense(gr, p).reshape(-1) for gr, p in zip(grads, params, strict=True)]
             ).double()  # (P,)
             if mean is None:
                 mean, m2 = g.clone(), torch.zeros_like(g)
@@ -139,3 +144,64 @@ def warm_up_baseline(
                 if done >= steps:
                     break
     estimator.eval()
+
+
+#: (estimator, baseline) pairs measured by :func:`compare_estimators`
+VARIANTS: tuple[tuple[str, str | None], ...] = (
+    ("reparam", None),
+    ("score", None),
+    ("score-baseline", "running"),
+    ("score-baseline", "learned"),
+    ("score-baseline", "loo"),
+)
+
+
+def compare_estimators(
+    model: nn.Module,
+    posterior: nn.Module,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    baselines: dict[str, nn.Module],
+    ks: Sequence[int] = (1, 10, 100),
+    repeats: int = 100,
+    variants: Sequence[tuple[str, str | None]] = VARIANTS,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Gradient statistics for every variant and K, w.r.t. ``posterior``'s parameters.
+
+    ``baselines`` maps "running" and "learned" to warmed-up baseline modules (shared across K:
+    what it regresses, the signal of one sample, does not depend on K). Leave-one-out is skipped
+    at K = 1, where it does not exist. Each record has ``estimator``, ``baseline``, ``k``, the
+    :class:`GradientStats` fields and ``variance_ratio_to_reparam`` (at the same K).
+    """
+    from dgm.baselines import LeaveOneOut
+    from dgm.estimators import Reparameterized, ScoreFunction
+
+    params = [p for p in posterior.parameters() if p.requires_grad]
+    records: list[dict[str, Any]] = []
+    for k in ks:
+        reparam_var = None
+        for estimator_name, baseline_name in variants:
+            if baseline_name == "loo" and k < 2:
+                continue
+            if estimator_name == "reparam":
+                est: Estimator = Reparameterized(k=k)
+            else:
+                if baseline_name == "loo":
+                    baseline: nn.Module | None = LeaveOneOut()
+                else:
+                    baseline = baselines[baseline_name] if baseline_name else None
+                est = ScoreFunction(k=k, baseline=baseline)
+            with frozen(model):
+                stats = gradient_variance(est, model, posterior, x, params, repeats, index)
+            if estimator_name == "reparam":
+                reparam_var = stats.variance
+            record = {"estimator": estimator_name, "baseline": baseline_name, "k": k}
+            record.update(stats.to_dict())
+            record["variance_ratio_to_reparam"] = (
+                stats.variance / reparam_var if reparam_var else None
+            )
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+    return records

@@ -16,8 +16,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dgm.train.files import atomic_write_bytes  # noqa: E402
-
 
 def image_grid(
     images: torch.Tensor | np.ndarray,
@@ -48,10 +46,14 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 
 def save_image(img: Image.Image, path: Path) -> None:
+    from dgm.train.files import atomic_write_bytes  # here: dgm.train imports this module
+
     atomic_write_bytes(Path(path), _png_bytes(img))
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
+    from dgm.train.files import atomic_write_bytes  # here: dgm.train imports this module
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -108,4 +110,35 @@ def save_curves(metrics_path: Path, path: Path) -> None:
     axes[1].set_ylabel("KL(q || p), nats")
     axes[1].legend()
     axes[1].grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
+    """Gradient variance (trace of the covariance) against K, one line per estimator, log-log."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = []
+    for r in records:
+        name = r["estimator"] + (f" + {r['baseline']}" if r.get("baseline") else "")
+        if name not in names:
+            names.append(name)
+    for name in names:
+        rows = [
+            r
+            for r in records
+            if r["estimator"] + (f" + {r['baseline']}" if r.get("baseline") else "") == name
+        ]
+        ks = [r["k"] for r in rows]
+        axes[0].plot(ks, [r["variance"] for r in rows], "o-", label=name)
+        axes[1].plot(ks, [max(r["snr"], 1e-6) for r in rows], "o-", label=name)
+    axes[0].set_ylabel("tr Cov[gradient]  (variance)")
+    axes[1].set_ylabel("signal-to-noise  ||E g|| / sqrt(tr Cov g)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("K (samples of z per example)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     save_figure(fig, path)

@@ -5,6 +5,7 @@ from dgm.models.gmm import GaussianMixture
 from dgm.models.likelihoods import (
     BernoulliLikelihood,
     GaussianLikelihood,
+    IsotropicGaussianLikelihood,
     LearnedGaussianLikelihood,
     Likelihood,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "BernoulliLikelihood",
     "DeepLatentModel",
     "GaussianLikelihood",
+    "IsotropicGaussianLikelihood",
     "GaussianMixture",
     "LearnedGaussianLikelihood",
     "Likelihood",

@@ -86,3 +86,29 @@ class LearnedGaussianLikelihood(Likelihood):
     def output_bias(self, x_mean: torch.Tensor) -> torch.Tensor:
         # mean x_mean; sigma starts at softplus(0) + min_scale, as with a zero bias
         return torch.cat([x_mean, torch.zeros_like(x_mean)])  # (2 D,)
+
+
+class IsotropicGaussianLikelihood(Likelihood):
+    r"""p(x | z) = N(x; mu(z), sigma^2 I) with one learned sigma shared by all pixels and inputs.
+
+    With a linear decoder mu(z) = W z + b this is probabilistic PCA's likelihood, so the deep
+    model trained by VB can be compared with PPCA's exact maximum likelihood (Tipping and Bishop
+    1999; Lucas et al. 2019 show the linear VAE's ELBO optimum is PPCA's). sigma = exp(log_sigma)
+    with log_sigma a parameter of this head, started at ``init_scale``.
+    """
+
+    def __init__(self, init_scale: float = 1.0) -> None:
+        super().__init__()
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        self.log_sigma = nn.Parameter(torch.tensor(float(init_scale)).log())
+
+    def param_size(self, data_dim: int) -> int:
+        return data_dim
+
+    def forward(self, h: torch.Tensor) -> Distribution:
+        sigma = self.log_sigma.exp().to(h).expand_as(h)
+        return Independent(Normal(h, sigma, validate_args=False), 1, validate_args=False)
+
+    def output_bias(self, x_mean: torch.Tensor) -> torch.Tensor:
+        return x_mean.clone()  # (D,)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dgm.build import build_estimator, build_model, build_posterior
-from dgm.config import Config
+from dgm.config import Config, validate
 from dgm.data import (
     TensorBatches,
     binarize_fixed,
@@ -30,7 +30,7 @@ from dgm.data import (
     load_dataset,
     to_unit_interval,
 )
-from dgm.errors import CheckpointError, UsageError
+from dgm.errors import CheckpointError, ConfigError, UsageError
 from dgm.estep import fit_local_posterior, frozen
 from dgm.estimators import Estimate
 from dgm.train.checkpoint import (
@@ -277,11 +277,15 @@ class Trainer:
         if path is None:
             raise CheckpointError(f"{self.checkpoint_dir}: no complete checkpoint to resume from")
         ckpt = load_checkpoint(path)
-        if ckpt.config.get("model") != self.config.to_dict()["model"]:
+        try:  # compare validated configs: keys added since the checkpoint take their defaults
+            saved = validate(ckpt.config, f"{path}/state.json")
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
+        if saved.model != self.config.model:
             raise CheckpointError(
                 f"{path}: was written for a different model configuration than {self.run_dir}"
             )
-        saved_inference = ckpt.config.get("inference", {}).get("kind", "amortized")
+        saved_inference = saved.inference.kind
         if saved_inference != self.config.inference.kind:
             raise CheckpointError(
                 f"{path}: was written with inference.kind = {saved_inference!r}, "
