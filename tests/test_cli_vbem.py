@@ -102,6 +102,10 @@ def test_ppca_and_gmm_report_exact_test_log_likelihoods(tmp_path, capsys):
         assert results[name]["test_log_likelihood"] == pytest.approx(last["test_log_likelihood"])
         assert results[name]["exact"] and results[name]["n"] == 300
         assert (run_dir / "samples.png").exists() and (run_dir / "model.safetensors").exists()
+        code, out, _ = run(
+            capsys, "sample", str(run_dir), "--n", "4", "--out", str(run_dir / "s.png")
+        )
+        assert code == 0 and (run_dir / "s.png").exists()
     for r in results.values():
         # a density on [0, 1)^784: better than the uniform's 8 bits per dimension
         assert 0 < r["test_bits_per_dim"] < 8

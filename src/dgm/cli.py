@@ -408,11 +408,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"--n {args.n}: expected a positive number of samples")
     run_dir = Path(args.run_dir)
+    from dgm.config import load_run_config
+
+    config = load_run_config(run_dir / "config.json")
+    out = Path(args.out) if args.out else run_dir / "samples.png"
+    if config.model.kind in ("ppca", "gmm"):
+        from dgm.train.classical import WEIGHTS, load_classical
+
+        model = load_classical(config, run_dir / WEIGHTS)
+        torch.manual_seed(args.seed)
+        x = model.sample(args.n)[1]
+        x = x.mean if config.model.kind == "ppca" else x  # PPCA: the noise-free W z + mu
+        save_grid(x.float().clamp(0, 1), out)
+        print(out)
+        return 0
     trainer = load_trained(run_dir, device=args.device)
     torch.manual_seed(args.seed)
     with torch.inference_mode():
         _, p_x = trainer.model.eval().sample(args.n)
-        out = Path(args.out) if args.out else run_dir / "samples.png"
         save_grid(p_x.mean, out, trainer.data.image_shape)
     print(out)
     return 0
