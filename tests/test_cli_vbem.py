@@ -109,3 +109,15 @@ def test_ppca_and_gmm_report_exact_test_log_likelihoods(tmp_path, capsys):
     for r in results.values():
         # a density on [0, 1)^784: better than the uniform's 8 bits per dimension
         assert 0 < r["test_bits_per_dim"] < 8
+
+
+@pytest.mark.parametrize("name", ["mnist_vae", "mnist_ppca", "mnist_gmm", "mnist_linear_vae",
+                                  "mnist_vbem_local"])  # fmt: skip
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+
+    from dgm.config import load_config
+
+    path = Path(__file__).parent.parent / "configs" / f"{name}.toml"
+    config = load_config(path)
+    assert config.data.dataset == "mnist"
