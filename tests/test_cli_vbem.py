@@ -69,6 +69,14 @@ def test_local_inference_and_score_estimator_from_the_cli(tmp_path, capsys):
     assert code == 0 and json.loads(out)["n"] == 10
     code, _, err = run(capsys, "gap", str(run_dir), "--limit", "5")
     assert code == 2 and "amortized" in err
+    # gradvar measures the batch's rows of the local tables (lambda_n, eta_n)
+    code, out, _ = run(
+        capsys, "gradvar", str(run_dir), "--k", "2", "--repeats", "20", "--batch-size", "8",
+        "--baseline-steps", "3", "--json",
+    )  # fmt: skip
+    summary = json.loads(out)
+    assert code == 0 and summary["parameters"] == "per-datapoint tables"
+    assert {r["estimator"] for r in summary["results"]} == {"reparam", "score", "score-baseline"}
 
 
 @pytest.mark.parametrize(

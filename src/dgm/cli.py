@@ -288,6 +288,15 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
     elif config.data.dequantize:
         x = dequantize_fixed(x, args.seed)
     model, posterior = trainer.model.eval(), trainer.posterior.eval()
+    full_posterior = posterior  # what the baselines are fitted with, on training batches
+    if trainer.local:  # only the batch's rows get a gradient: measure on a copy of those rows
+        from dgm.variational import LocalGaussian
+
+        rows = LocalGaussian(n, posterior.latent_dim, sparse=False).to(trainer.device)
+        with torch.no_grad():
+            rows.lam.copy_(posterior.lam[index])
+            rows.log_eta.copy_(posterior.log_eta[index])
+        posterior = rows.eval()
     data_dim = x.shape[1]
     baselines = {}
     for name in ("running", "learned"):
@@ -296,7 +305,7 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
         estimator = ScoreFunction(k=1, baseline=baseline)
         with tqdm(total=args.baseline_steps, disable=args.json, desc=f"fit {name} baseline") as b:
             warm_up_baseline(
-                estimator, model, posterior, trainer.batches, args.baseline_steps,
+                estimator, model, full_posterior, trainer.batches, args.baseline_steps,
                 on_step=lambda s, b=b: b.update(s - b.n),
             )  # fmt: skip
         baselines[name] = baseline.eval()
