@@ -37,6 +37,13 @@ def test_gradvar_json_reports_every_estimator_and_k(trained, capsys):
         if r["estimator"] == "score":  # the naive estimator: far noisier, even on 10 digits
             assert r["variance_ratio_to_reparam"] > 10
     assert (trained / "gradvar.png").exists() and (trained / "gradvar.json").exists()
+    code, out, _ = run(
+        capsys, "gradvar", str(trained), "--epoch", "1", "--k", "1", "--repeats", "20",
+        "--batch-size", "5", "--baseline-steps", "1", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["target"].endswith("(epoch 1)")
+    code, _, err = run(capsys, "gradvar", str(trained), "--epoch", "7")
+    assert code == 2 and "epoch-0007" in err
 
 
 def test_gap_json_has_both_gaps_and_they_add_up(trained, capsys):

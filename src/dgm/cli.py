@@ -238,8 +238,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_measurement(target: Path, device: str | None):
-    """A trained run's latest checkpoint, or (a TOML config) the model at initialization."""
+def _load_for_measurement(target: Path, device: str | None, epoch: int | None = None):
+    """A trained run's latest (or ``epoch``'s) checkpoint, or (a TOML config) the model at
+    initialization."""
     from dgm.config import load_config, load_run_config
     from dgm.train import Trainer
     from dgm.train.run import load_trained
@@ -248,7 +249,13 @@ def _load_for_measurement(target: Path, device: str | None):
         kind = load_run_config(target / "config.json").model.kind
         if kind != "vae":
             raise UsageError(f"{target}: a '{kind}' run has no variational posterior to measure")
-        return load_trained(target, device=device), f"{target} (epoch {{epoch}})"
+        trainer = load_trained(target, device=device)
+        if epoch is not None:
+            path = target / "checkpoints" / f"epoch-{epoch:04d}"
+            if not path.is_dir():
+                raise UsageError(f"--epoch {epoch}: no checkpoint {path} (dgm keeps the last few)")
+            trainer.restore(path, weights_only=True)
+        return trainer, f"{target} (epoch {{epoch}})"
     if target.suffix != ".toml":
         raise UsageError(f"{target}: expected a run directory or a TOML config file")
     config = load_config(target, {"train.device": device} if device else None)
@@ -276,7 +283,7 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.baseline_steps < 0:
         raise UsageError("--batch-size must be positive and --baseline-steps non-negative")
     target = Path(args.target)
-    trainer, what = _load_for_measurement(target, args.device)
+    trainer, what = _load_for_measurement(target, args.device, args.epoch)
     what = what.format(epoch=trainer.epoch)
     config = trainer.config
     torch.manual_seed(args.seed)
@@ -492,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         "signal-to-noise ratio and the ratio to the reparameterization trick's variance.",
     )
     p.add_argument("target", metavar="RUN_DIR_or_CONFIG")
+    p.add_argument("--epoch", type=int, default=None, help="a run's checkpoint (default: last)")
     p.add_argument("--k", default="1,10,100", help="samples per example to compare, e.g. 1,10")
     p.add_argument("--repeats", type=int, default=100, help="gradient draws R per estimator")
     p.add_argument("--batch-size", type=int, default=100, help="training examples in the batch")
