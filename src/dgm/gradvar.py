@@ -172,7 +172,8 @@ def compare_estimators(
     ``baselines`` maps "running" and "learned" to warmed-up baseline modules (shared across K:
     what it regresses, the signal of one sample, does not depend on K). Leave-one-out is skipped
     at K = 1, where it does not exist. Each record has ``estimator``, ``baseline``, ``k``, the
-    :class:`GradientStats` fields and ``variance_ratio_to_reparam`` (at the same K).
+    :class:`GradientStats` fields, ``variance_ratio_to_reparam`` and ``snr_common`` (the SNR
+    with the pathwise estimate of ||E g||^2, at the same K; the first variant must be reparam).
     """
     from dgm.baselines import LeaveOneOut
     from dgm.estimators import Reparameterized, ScoreFunction
@@ -180,7 +181,8 @@ def compare_estimators(
     params = [p for p in posterior.parameters() if p.requires_grad]
     records: list[dict[str, Any]] = []
     for k in ks:
-        reparam_var = None
+        reparam_var: float | None = None
+        reparam_mean_sq = 0.0
         for estimator_name, baseline_name in variants:
             if baseline_name == "loo" and k < 2:
                 continue
@@ -195,11 +197,19 @@ def compare_estimators(
             with frozen(model):
                 stats = gradient_variance(est, model, posterior, x, params, repeats, index)
             if estimator_name == "reparam":
-                reparam_var = stats.variance
+                reparam_var, reparam_mean_sq = stats.variance, stats.mean_sq_norm
             record = {"estimator": estimator_name, "baseline": baseline_name, "k": k}
             record.update(stats.to_dict())
             record["variance_ratio_to_reparam"] = (
                 stats.variance / reparam_var if reparam_var else None
+            )
+            # every unbiased estimator has the same E g; the pathwise estimate of ||E g||^2 is
+            # the most precise, so this SNR stays meaningful where R draws of a noisy estimator
+            # cannot resolve its own mean (its debiased ||E g||^2 is then clipped to 0)
+            record["snr_common"] = (
+                math.sqrt(reparam_mean_sq / stats.variance)
+                if reparam_var is not None and stats.variance > 0
+                else None
             )
             records.append(record)
             if on_record is not None:

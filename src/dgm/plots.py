@@ -129,9 +129,10 @@ def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
         ]
         ks = [r["k"] for r in rows]
         axes[0].plot(ks, [r["variance"] for r in rows], "o-", label=name)
-        axes[1].plot(ks, [max(r["snr"], 1e-6) for r in rows], "o-", label=name)
+        snr = [r.get("snr_common") or r["snr"] for r in rows]
+        axes[1].plot(ks, snr, "o-", label=name)
     axes[0].set_ylabel("tr Cov[gradient]  (variance)")
-    axes[1].set_ylabel("signal-to-noise  ||E g|| / sqrt(tr Cov g)")
+    axes[1].set_ylabel("signal-to-noise  ||E g|| / sqrt(tr Cov g)\n(E g from the pathwise draws)")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
