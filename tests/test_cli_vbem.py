@@ -31,7 +31,7 @@ def test_gradvar_json_reports_every_estimator_and_k(trained, capsys):
     assert ("reparam", None, 1) in seen and ("score", None, 4) in seen
     assert ("score-baseline", "loo", 4) in seen and ("score-baseline", "loo", 1) not in seen
     for r in records:
-        assert r["variance"] > 0 and math.isfinite(r["snr"])
+        assert r["variance"] > 0 and math.isfinite(r["snr"]) and r["snr_common"] > 0
         if r["estimator"] == "reparam":
             assert r["variance_ratio_to_reparam"] == 1.0
         if r["estimator"] == "score":  # the naive estimator: far noisier, even on 10 digits
