@@ -35,7 +35,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "likelihood": (
         "model.likelihood",
         str,
-        "bernoulli, gaussian (unit variance), gaussian-learned",
+        "bernoulli, gaussian (unit variance), gaussian-learned, gaussian-isotropic",
     ),
     "latent_dim": ("model.latent_dim", int, "size of z"),
     "hidden": ("model.hidden", None, "hidden widths of encoder and decoder, e.g. 200,200"),
