@@ -27,8 +27,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from dgm.config import load_config  # noqa: E402
+from dgm.config import load_config, load_run_config  # noqa: E402
+from dgm.plots import save_figure  # noqa: E402
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from dgm.train.files import atomic_write_text  # noqa: E402
 from dgm.train.run import prepare_new_run, read_metrics, train_run  # noqa: E402
 
 SYSTEMS: dict[str, dict[str, object]] = {
@@ -65,6 +67,13 @@ def run_system(name: str, overrides: dict, args: argparse.Namespace) -> list[dic
     config = load_config(None, {**base, **overrides})
     run_dir = args.out / slug(name)
     done = latest_checkpoint(run_dir / "checkpoints")
+    if done is not None:
+        saved = load_run_config(run_dir / "config.json").to_dict()
+        now = config.to_dict()
+        saved["train"].pop("epochs")
+        now["train"].pop("epochs")
+        if saved != now:  # another benchmark's run (other limits, say): start again
+            done = None
     if done is not None and load_checkpoint(done).epoch >= args.epochs:
         return read_metrics(run_dir)[: args.epochs]
     resume = done is not None
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     floor = -210.0  # below the data-mean decoder at initialization (about -201)
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     axes[0].legend(fontsize=8)
     fig.suptitle("MNIST: amortized vs per-datapoint inference, pathwise vs score-function")
     fig.tight_layout()
-    fig.savefig(args.out / "elbo_vs_time.png", dpi=120)
+    save_figure(fig, args.out / "elbo_vs_time.png")
 
     width = max(len(n) for n in results)
     print(f"\n{'system':<{width}}  ELBO@{args.epochs}ep  time s  ELBO@{t_equal:.0f}s")

@@ -136,3 +136,30 @@ def test_shipped_configs_validate(name):
     path = Path(__file__).parent.parent / "configs" / f"{name}.toml"
     config = load_config(path)
     assert config.data.dataset == "mnist"
+
+
+def test_more_bad_input_is_one_line_and_leaves_nothing(trained, tmp_path, capsys):
+    small = ["--train-limit", "200", "--test-limit", "20", "--device", "cpu", "--quiet"]
+    for argv, match in [
+        (["gradvar", str(trained), "--k", "1,x"], "--k"),
+        (["gap", str(trained), "--lr", "0"], "--lr"),
+        (["gradvar", "configs/mnist_vae.toml", "--epoch", "3"], "--epoch"),
+        (["train", "--model", "ppca", "--latent-dim", "784", "--out", str(tmp_path / "p"), *small],
+         "model.latent_dim"),
+        (["train", "--model", "gmm", "--components", "300", "--out", str(tmp_path / "g"), *small],
+         "model.components"),
+    ]:  # fmt: skip
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and match in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "g").exists()
+    # a classical run has no encoder; a single test example has no standard error
+    run_dir = tmp_path / "one"
+    code, out, _ = run(
+        capsys, "train", "--model", "ppca", "--latent-dim", "3", "--out", str(run_dir),
+        "--train-limit", "300", "--test-limit", "1", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert code == 0 and "no standard error" in out
+    code, _, err = run(capsys, "gap", str(run_dir))
+    assert code == 2 and "ppca" in err
+    code, out, _ = run(capsys, "eval", str(trained), "--k", "5", "--limit", "1", "--quiet")
+    assert code == 0 and "no standard error" in out

@@ -191,3 +191,19 @@ def test_variances_are_ordered_as_theory_says(lg):
     for name in ("reparam", "score"):
         a, b = stats[name, 10], stats[name, 1]
         assert abs(a.variance - b.variance / 10) < 4 * math.hypot(a.variance_se, b.variance_se / 10)
+
+
+def test_stateful_baselines_subtract_the_state_from_before_the_step():
+    """In training mode the baseline b_k must not contain f_k: it is the previous state, and the
+    update happens only after b is taken (a baseline that saw the sample is biased)."""
+    running = RunningMean(0.9).train()
+    b1, _ = running(torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(3, 1))
+    assert torch.equal(b1, torch.zeros(1, 3))  # nothing seen yet
+    b2, _ = running(torch.tensor([[10.0, 20.0, 30.0]]), torch.zeros(3, 1))
+    assert torch.equal(b2, torch.full((1, 3), 2.0))  # the first batch's mean, not the update
+    assert running.c.item() == pytest.approx(0.9 * 2.0 + 0.1 * 20.0)
+    learned = LearnedBaseline(1).train()
+    b1, _ = learned(torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(3, 1))
+    assert torch.equal(b1, torch.zeros(1, 3))
+    b2, _ = learned(torch.tensor([[5.0, 5.0, 5.0]]), torch.zeros(3, 1))
+    assert torch.allclose(b2, torch.full((1, 3), 2.0))

@@ -51,7 +51,9 @@ class RunningMean(Baseline):
             self.started.fill_(True)
 
     def forward(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.c.to(f).expand_as(f)  # (K, B), the state from before this step
+        # (K, B): a copy of the state from before this step, so that the update below (which
+        # contains f_k) cannot leak into the baseline subtracted from f_k
+        b = self.c.detach().clone().to(f).expand_as(f)
         if self.training:
             self.update(f.mean())
         return b, f.new_zeros(())
@@ -74,11 +76,11 @@ class LearnedBaseline(Baseline):
 
     def forward(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b_psi = self.net(x).squeeze(-1)  # (B,)
-        c = self.centre.c.to(f)
+        c = self.centre.c.detach().clone().to(f)  # the state from before this step
         aux = ((f - c - b_psi) ** 2).mean()  # f is detached: only psi learns from this
+        b = (c + b_psi.detach()).expand_as(f)  # (K, B), independent of this step's samples
         if self.training:
             self.centre.update((f - b_psi.detach()).mean())
-        b = (c + b_psi.detach()).expand_as(f)  # (K, B)
         return b, aux
 
 

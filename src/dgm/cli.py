@@ -142,12 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_classical(args: argparse.Namespace, config: Any) -> int:
     from dgm.train.classical import run_classical
-    from dgm.train.run import check_new_run, default_run_dir, prepare_new_run
+    from dgm.train.run import check_new_run, default_run_dir
 
     run_dir = Path(args.out) if args.out else default_run_dir(config)
     check_new_run(run_dir, force=args.force)
-    prepare_new_run(config, run_dir, force=args.force)
-    print(f"run directory: {run_dir}", flush=True)
+    print(f"run directory: {run_dir} (written once the fit is done)", flush=True)
 
     def show(row: dict[str, Any]) -> None:
         if not args.quiet:
@@ -157,9 +156,9 @@ def _train_classical(args: argparse.Namespace, config: Any) -> int:
                 flush=True,
             )
 
-    r = run_classical(config, run_dir, on_iter=show)
+    r = run_classical(config, run_dir, on_iter=show, force=args.force)
     print(
-        f"test log p(x) {r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_stderr']:.2f} "
+        f"test log p(x) {r['test_log_likelihood']:.2f} {_pm(r['test_log_likelihood_stderr'])} "
         f"nats ({r['test_bits_per_dim']:.3f} bits/dim, exact, n = {r['n']}); "
         f"fitted in {r['fit_time_s']:.1f} s",
         flush=True,
@@ -185,8 +184,8 @@ def _eval_classical(args: argparse.Namespace, run_dir: Path) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"test log p(x)        {summary['test_log_likelihood']:.2f} ± "
-            f"{summary['test_log_likelihood_stderr']:.2f} nats (exact, n = {summary['n']}), "
+            f"test log p(x)        {summary['test_log_likelihood']:.2f} "
+            f"{_pm(summary['test_log_likelihood_stderr'])} nats (exact, n = {summary['n']}), "
             f"{summary['test_bits_per_dim']:.3f} bits/dim"
         )
     return 0
@@ -229,13 +228,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"test ELBO            {summary['elbo']:.2f} ± {summary['elbo_stderr']:.2f} nats")
+        print(f"test ELBO            {summary['elbo']:.2f} {_pm(summary['elbo_stderr'])} nats")
         print(
-            f"test log p(x)        {summary['log_likelihood']:.2f} ± "
-            f"{summary['log_likelihood_stderr']:.2f} nats (k = {args.k}, n = {summary['n']})"
+            f"test log p(x)        {summary['log_likelihood']:.2f} "
+            f"{_pm(summary['log_likelihood_stderr'])} nats (k = {args.k}, n = {summary['n']})"
         )
         print(f"time                 {summary['seconds']:.1f} s")
     return 0
+
+
+def _pm(se: float | None) -> str:
+    """'± 0.25' for a standard error, or '' when there is none (a single example)."""
+    return f"± {se:.2f}" if se is not None else "(one example: no standard error)"
 
 
 def _load_for_measurement(target: Path, device: str | None, epoch: int | None = None):
@@ -258,6 +262,8 @@ def _load_for_measurement(target: Path, device: str | None, epoch: int | None = 
         return trainer, f"{target} (epoch {{epoch}})"
     if target.suffix != ".toml":
         raise UsageError(f"{target}: expected a run directory or a TOML config file")
+    if epoch is not None:
+        raise UsageError(f"--epoch {epoch}: a config has no checkpoints (give a run directory)")
     config = load_config(target, {"train.device": device} if device else None)
     if config.model.kind != "vae":
         raise UsageError(f"{target}: model.kind must be 'vae' to measure gradient estimators")
@@ -275,7 +281,10 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
     from dgm.plots import save_gradvar
     from dgm.train.files import atomic_write_text
 
-    ks = [int(v) for v in args.k.split(",") if v]
+    try:
+        ks = [int(v) for v in args.k.split(",") if v.strip()]
+    except ValueError:
+        ks = []
     if not ks or min(ks) < 1:
         raise UsageError(f"--k {args.k}: expected comma-separated positive integers like 1,10,100")
     if args.repeats < 20:
@@ -332,6 +341,7 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
         model, posterior, x, index, baselines, ks=ks, repeats=args.repeats, on_record=show
     )
     out_dir = target if target.is_dir() else Path(args.out or ".")
+    stem = "gradvar" if args.epoch is None else f"gradvar-epoch{args.epoch}"
     summary = {
         "target": what,
         "parameters": "per-datapoint tables" if trainer.local else "encoder",
@@ -340,12 +350,12 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
         "baseline_steps": args.baseline_steps,
         "results": records,
     }
-    atomic_write_text(out_dir / "gradvar.json", json.dumps(summary, indent=2) + "\n")
-    save_gradvar(records, out_dir / "gradvar.png", title=f"gradient variance: {what}")
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
+    save_gradvar(records, out_dir / f"{stem}.png", title=f"gradient variance: {what}")
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {out_dir / 'gradvar.json'} and {out_dir / 'gradvar.png'}")
+        print(f"wrote {out_dir / (stem + '.json')} and {out_dir / (stem + '.png')}")
     return 0
 
 
@@ -356,13 +366,18 @@ def cmd_gap(args: argparse.Namespace) -> int:
     from dgm.train.files import atomic_write_text
     from dgm.train.run import load_trained
 
-    if args.k < 1 or args.steps < 1 or args.elbo_samples < 1:
-        raise UsageError("--k, --steps and --elbo-samples must be positive")
+    if args.k < 1 or args.steps < 1 or args.elbo_samples < 1 or not args.lr > 0:
+        raise UsageError("--k, --steps, --elbo-samples and --lr must be positive")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
     run_dir = Path(args.run_dir)
+    from dgm.config import load_run_config
+
+    kind = load_run_config(run_dir / "config.json").model.kind
+    if kind != "vae":
+        raise UsageError(f"{run_dir}: a '{kind}' run has no encoder whose gaps could be measured")
     trainer = load_trained(run_dir, device=args.device, limit=args.limit)
-    if trainer.config.model.kind != "vae" or trainer.local:
+    if trainer.local:
         raise UsageError(
             f"{run_dir}: the amortization gap needs a VAE with an encoder (inference.kind = "
             "'amortized')"
@@ -387,9 +402,9 @@ def cmd_gap(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         for key in ("log_likelihood", "elbo_optimized", "elbo_amortized"):
-            print(f"{key:<20} {result[key]:8.2f} ± {result[key + '_stderr']:.2f} nats")
+            print(f"{key:<20} {result[key]:8.2f} {_pm(result[key + '_stderr'])} nats")
         for key in ("approximation_gap", "amortization_gap"):
-            print(f"{key:<20} {result[key]:8.2f} ± {result[key + '_stderr']:.2f} nats")
+            print(f"{key:<20} {result[key]:8.2f} {_pm(result[key + '_stderr'])} nats")
         print(f"n = {result['n']}, k = {args.k}, {args.steps} steps; {result['seconds']:.0f} s")
     return 0
 

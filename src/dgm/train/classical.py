@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from dgm.config import Config
 from dgm.data import dequantize_fixed
-from dgm.errors import CheckpointError
+from dgm.errors import CheckpointError, ConfigError
 from dgm.models import PPCA, GaussianMixture
 from dgm.plots import save_grid
 from dgm.train.files import atomic_write, atomic_write_text
@@ -53,6 +53,13 @@ def fit_classical(
     device = resolve_device(config.train.device)
     data, x = classical_data(config, device)
     mc, em = config.model, config.em
+    n, d = x.shape
+    if mc.kind == "ppca" and not 1 <= mc.latent_dim < d:
+        raise ConfigError(f"model.latent_dim = {mc.latent_dim}: PPCA needs 1 <= q < D = {d}")
+    if mc.kind == "gmm" and mc.components > n:
+        raise ConfigError(
+            f"model.components = {mc.components}: more components than the {n} training examples"
+        )
     if mc.kind == "ppca":
         if em.method == "closed-form":
             model = PPCA.fit_closed_form(x, mc.latent_dim)
@@ -119,9 +126,13 @@ def run_classical(
     config: Config,
     run_dir: Path,
     on_iter: Callable[[dict[str, Any]], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Fit, evaluate exactly on the test set, and write the run directory's files."""
-    from dgm.train.run import METRICS
+    """Fit, evaluate exactly on the test set, and only then create the run directory and write
+    its files: a fit that fails (a singular covariance, say) leaves nothing behind."""
+    from dgm.train.run import METRICS, check_new_run, prepare_new_run
+
+    check_new_run(run_dir, force=force)
 
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -140,6 +151,7 @@ def run_classical(
         "fit_time_s": time.perf_counter() - start,
         **test_log_likelihood(model, data.x_test),
     }
+    prepare_new_run(config, run_dir, force=force)
     save_classical(model, run_dir / WEIGHTS)
     lines = "".join(json.dumps(r) + "\n" for r in [*rows, result])
     atomic_write_text(run_dir / METRICS, lines)
