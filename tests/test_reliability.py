@@ -83,3 +83,92 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp
     resumed = train_run(config, full_dir, resume=True)
     assert _numbers(read_metrics(full_dir)) == _numbers(read_metrics(straight_dir))
     assert same_weights(straight.model, resumed.model)
+
+
+_DRIVER = """
+import sys, time
+import dgm.train.checkpoint as ck
+real, delay = ck.save_file, float(sys.argv[1])
+def slow_save(tensors, filename, *args, **kwargs):
+    print("CHECKPOINT-WRITE", flush=True)
+    time.sleep(delay)  # widen the window in which the kill can land mid-write
+    with open(filename, "wb") as f:
+        f.write(b"partial")  # a torn file under the temporary name
+    time.sleep(delay)
+    return real(tensors, filename, *args, **kwargs)
+ck.save_file = slow_save
+from dgm.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _dgm(*argv, delay=0.0):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(delay), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(proc, text, count=1):
+    seen = 0
+    for line in proc.stdout:
+        seen += text in line
+        if seen >= count:
+            return True
+    return False
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_run(tmp_path):
+    """Five kills (SIGKILL: no handler runs): at random moments, and three inside checkpoint
+    writes (epochs 1, 2 and 3); each run resumed until done must match the uninterrupted run's
+    metrics and final weights exactly."""
+    import random
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from dgm.train.run import read_metrics
+    from tests.test_training import _numbers
+
+    small = [
+        "--epochs", "3", "--train-limit", "400", "--test-limit", "50", "--hidden", "16",
+        "--latent-dim", "3", "--batch-size", "40", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    straight = tmp_path / "straight"
+    proc = _dgm("train", "--out", str(straight), *small)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+
+    def final(run_dir):
+        ckpt = sorted((run_dir / "checkpoints").glob("epoch-*"))[-1]
+        return load_file(str(ckpt / "tensors.safetensors"))
+
+    rng = random.Random(0)
+    kills = [("random", rng.uniform(0.0, 1.5)) for _ in range(2)] + [
+        ("checkpoint", n) for n in (1, 2, 3)
+    ]
+    for i, (how, when) in enumerate(kills):
+        run_dir = tmp_path / f"killed{i}"
+        proc = _dgm("train", "--out", str(run_dir), *small, delay=0.3)
+        assert _wait_for(proc, "run directory")
+        if how == "random":
+            time.sleep(when)
+        else:
+            assert _wait_for(proc, "CHECKPOINT-WRITE", count=when)
+            time.sleep(0.3)  # inside the write: the torn temporary file exists now
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)  # reap it and close its pipe
+        assert proc.returncode == -signal.SIGKILL  # it died mid-run (3 writes take >= 1.8 s)
+        resumed = _dgm("train", "--resume", str(run_dir), "--quiet")
+        out, _ = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, out
+        assert _numbers(read_metrics(run_dir)) == _numbers(read_metrics(straight)), (how, when)
+        a, b = final(run_dir), final(straight)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (how, when)
+        assert not list((run_dir / "checkpoints").glob(".*"))  # torn temporaries cleaned up
