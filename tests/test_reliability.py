@@ -172,3 +172,36 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_run(tmp_pa
         a, b = final(run_dir), final(straight)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (how, when)
         assert not list((run_dir / "checkpoints").glob(".*"))  # torn temporaries cleaned up
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_stop_after_a_checkpoint_and_resume_exactly(tmp_path, sig):
+    import signal
+
+    from dgm.train.run import read_metrics
+    from tests.test_training import _numbers
+
+    small = [
+        "--epochs", "4", "--train-limit", "400", "--test-limit", "50", "--hidden", "16",
+        "--latent-dim", "3", "--batch-size", "40", "--device", "cpu",
+    ]  # fmt: skip
+    straight = tmp_path / "straight"
+    proc = _dgm("train", "--out", str(straight), "--quiet", *small)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+
+    run_dir = tmp_path / "stopped"
+    proc = _dgm("train", "--out", str(run_dir), "--quiet", *small, delay=0.5)
+    assert _wait_for(proc, "epoch   1")  # printed after epoch 1's checkpoint
+    proc.send_signal(getattr(signal, sig))  # lands during epoch 2 (its write takes >= 1 s)
+    out, _ = proc.communicate(timeout=120)
+    signum = getattr(signal, sig).value
+    assert proc.returncode == 128 + signum, out
+    assert f"stopped by {sig} after epoch 2" in out and "--resume" in out
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
+    assert (run_dir / "checkpoints" / "epoch-0002").is_dir()
+
+    proc = _dgm("train", "--resume", str(run_dir), "--quiet")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert _numbers(read_metrics(run_dir)) == _numbers(read_metrics(straight))

@@ -131,7 +131,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         on_epoch=_print_epoch,
         trainer=trainer,
+        stop_on_signals=True,
     )
+    if trainer.stop_signal is not None:
+        import signal
+
+        name = signal.Signals(trainer.stop_signal).name
+        print(
+            f"dgm: stopped by {name} after epoch {trainer.epoch}; its checkpoint is written: "
+            f"continue with dgm train --resume {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + trainer.stop_signal
     print(
         f"done: {trainer.epoch} epochs in {time.perf_counter() - start:.1f} s; "
         f"samples in {run_dir / 'samples.png'}",

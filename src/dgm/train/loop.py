@@ -12,8 +12,12 @@ optimizer, the step counters and the random number generators (the global torch 
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +132,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.train_time_s = 0.0
+        self.stop_signal: int | None = None  # set by stop_on_signals: finish the epoch, stop
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -334,7 +339,7 @@ class Trainer:
     ) -> list[dict[str, Any]]:
         """Train until ``train.epochs``; after each epoch evaluate, checkpoint, and report."""
         history = []
-        while self.epoch < self.config.train.epochs:
+        while self.epoch < self.config.train.epochs and self.stop_signal is None:
             metrics: dict[str, Any] = self.train_epoch(progress)
             self.epoch += 1
             metrics = {"epoch": self.epoch, "step": self.step, **self.evaluate(), **metrics}
@@ -344,3 +349,31 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(metrics)
         return history
+
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGINT or SIGTERM asks :meth:`fit` to stop after the current epoch's checkpoint.
+
+        The first signal is recorded in ``stop_signal`` and training continues to the end of the
+        epoch, which is then evaluated and checkpointed as usual, so ``--resume`` continues
+        exactly. A second signal acts at once with the default behaviour (the partial epoch is
+        lost; the last checkpoint is intact). Only the main thread can install handlers;
+        elsewhere this does nothing.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: object) -> None:
+            if self.stop_signal is not None:  # the second one: do what it would have done
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            self.stop_signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -141,8 +141,13 @@ def train_run(
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     trainer: Trainer | None = None,
+    stop_on_signals: bool = False,
 ) -> Trainer:
-    """Train (or continue) the run in ``run_dir`` and write its metrics and pictures."""
+    """Train (or continue) the run in ``run_dir`` and write its metrics and pictures.
+
+    With ``stop_on_signals``, SIGINT/SIGTERM stop the run cleanly after the current epoch's
+    checkpoint (see :meth:`Trainer.stop_on_signals`); ``trainer.stop_signal`` then says which.
+    """
     trainer = trainer or Trainer(config, run_dir)
     if resume:
         path = latest_checkpoint(trainer.checkpoint_dir)
@@ -159,8 +164,13 @@ def train_run(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    trainer.fit(progress=progress, on_epoch=record)
-    write_figures(trainer, run_dir)
+    if stop_on_signals:
+        with trainer.stop_on_signals():
+            trainer.fit(progress=progress, on_epoch=record)
+    else:
+        trainer.fit(progress=progress, on_epoch=record)
+    if trainer.stop_signal is None:
+        write_figures(trainer, run_dir)
     return trainer
 
 
