@@ -205,3 +205,64 @@ def test_sigterm_and_sigint_stop_after_a_checkpoint_and_resume_exactly(tmp_path,
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert _numbers(read_metrics(run_dir)) == _numbers(read_metrics(straight))
+
+
+def _poison(trainer, bad):
+    """Make the decoder output NaN at the global steps for which ``bad(step)`` is true."""
+
+    def hook(module, inputs, output):
+        if module.training and bad(trainer.step):
+            return output * float("nan")
+        return output
+
+    return trainer.model.decoder.register_forward_hook(hook)
+
+
+def test_a_transient_nan_step_is_skipped_and_training_goes_on(tmp_path):
+    config = small_config(**{"train.epochs": 2})
+    trainer = Trainer(config, tmp_path / "run")
+    _poison(trainer, lambda step: step in (3, 4))
+    history = trainer.fit()
+    assert [h["skipped_steps"] for h in history] == [2, 0]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(torch.tensor(h["train_elbo"])) for h in history)
+    assert trainer.last_fault == (4, "expected log-likelihood E_q[log p(x|z)]")
+
+
+def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_message(tmp_path):
+    from dgm.train.checkpoint import load_checkpoint
+    from dgm.train.loop import NumericalError
+    from dgm.train.run import prepare_new_run, read_metrics, train_run
+
+    config = small_config(
+        **{"train.epochs": 3, "train.max_bad_steps": 5, "train.max_recoveries": 2}
+    )
+    run_dir = tmp_path / "run"
+    prepare_new_run(config, run_dir)
+    trainer = Trainer(config, run_dir)
+    steps_per_epoch = len(trainer.batches)
+    _poison(trainer, lambda step: step >= steps_per_epoch + 2)  # from epoch 2 on, for good
+    with pytest.raises(NumericalError) as err:
+        train_run(config, run_dir, trainer=trainer)
+    message = str(err.value)
+    assert "non-finite" in message and "E_q[log p(x|z)]" in message and "train.lr" in message
+    assert "epoch-0001" in message and "\n" not in message
+    assert trainer.recoveries == 2 and trainer.lr_scale == pytest.approx(0.25)
+    # the run directory is still valid: epoch 1's checkpoint and metrics, nothing else
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1]
+    assert load_checkpoint(run_dir / "checkpoints" / "epoch-0001").epoch == 1
+
+
+def test_a_restart_with_a_lower_rate_can_get_past_a_bad_stretch(tmp_path):
+    config = small_config(**{"train.epochs": 3, "train.max_bad_steps": 3})
+    trainer = Trainer(config, tmp_path / "run")
+    steps = len(trainer.batches)
+
+    def bad(step):  # three steps early in epoch 2 go bad, the first time through only
+        return steps + 2 <= step < steps + 5 and trainer.recoveries == 0
+
+    _poison(trainer, bad)
+    history = trainer.fit()
+    assert trainer.recoveries == 1 and trainer.lr_scale == 0.5
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["lr"] == pytest.approx(0.5e-3)

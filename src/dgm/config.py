@@ -116,6 +116,12 @@ class TrainConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     keep_checkpoints: PositiveInt = 3
     eval_batch_size: PositiveInt = 1000
+    # numerical faults: a step with a non-finite loss or gradient is skipped; after
+    # max_bad_steps in a row the run goes back to its last checkpoint with the learning rate
+    # times recovery_lr_factor, at most max_recoveries times, and then stops with a message
+    max_bad_steps: PositiveInt = 20
+    max_recoveries: int = Field(2, ge=0)
+    recovery_lr_factor: float = Field(0.5, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _check_betas(self) -> TrainConfig:

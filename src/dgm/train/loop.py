@@ -34,7 +34,7 @@ from dgm.data import (
     load_dataset,
     to_unit_interval,
 )
-from dgm.errors import CheckpointError, ConfigError, UsageError
+from dgm.errors import CheckpointError, ConfigError, DGMError, UsageError
 from dgm.estep import fit_local_posterior, frozen
 from dgm.estimators import Estimate
 from dgm.train.checkpoint import (
@@ -46,6 +46,14 @@ from dgm.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+
+
+class NumericalError(DGMError):
+    """Training kept producing non-finite values; the run directory holds the last good state."""
+
+
+class _Diverged(Exception):
+    """Internal: too many non-finite steps in a row (caught by Trainer.fit)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,6 +118,7 @@ class Trainer:
         global_params = [*self.model.parameters(), *self.estimator.parameters()]
         if not self.local:
             global_params += list(self.posterior.parameters())
+        self._global_params = global_params
         self.optimizer = torch.optim.Adam(global_params, lr=tc.lr, betas=tc.betas, eps=tc.eps)
         # the per-datapoint tables: lazy (sparse) Adam touches only the rows in the batch
         self.local_optimizer = (
@@ -133,6 +142,11 @@ class Trainer:
         self.step = 0
         self.train_time_s = 0.0
         self.stop_signal: int | None = None  # set by stop_on_signals: finish the epoch, stop
+        # numerical faults: consecutive skipped steps, the last fault, restarts, lr multiplier
+        self.bad_steps = 0
+        self.last_fault: tuple[int, str] | None = None
+        self.recoveries = 0
+        self.lr_scale = 1.0
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -143,8 +157,8 @@ class Trainer:
         """The learning rate of (0-based) ``epoch``: a pure function, so resume needs no state."""
         tc = self.config.train
         if tc.lr_schedule == "constant" or tc.epochs == 1:
-            return tc.lr
-        return tc.lr * (tc.lr_final / tc.lr) ** (epoch / (tc.epochs - 1))
+            return tc.lr * self.lr_scale
+        return self.lr_scale * tc.lr * (tc.lr_final / tc.lr) ** (epoch / (tc.epochs - 1))
 
     def kl_weight(self, step: int) -> float:
         """KL warm-up: beta = min(1, step / (kl_warmup_epochs * steps per epoch))."""
@@ -168,8 +182,14 @@ class Trainer:
             dynamic_ncols=True,
         )
         start = time.perf_counter()
+        skipped = 0
         for i, (x, index) in enumerate(self.batches):
             est = self.train_step(x, index)
+            if est is None:  # a non-finite loss or gradient: the step was skipped
+                skipped += 1
+                if self.bad_steps >= self.config.train.max_bad_steps:
+                    raise _Diverged
+                continue
             with torch.no_grad():
                 batch = torch.stack([est.bound.sum(), est.log_lik.sum(), est.kl.sum()])
                 totals += batch.double()
@@ -180,18 +200,22 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - start
         self.train_time_s += elapsed
-        bound, log_lik, kl = (totals / n).tolist()
+        bound, log_lik, kl = (totals / max(n, 1)).tolist()
         out = {"train_log_lik": log_lik, "train_kl": kl}
         if self.config.model.kind == "vae":
             out["train_elbo"] = bound
         out["lr"] = lr
+        out["skipped_steps"] = skipped
         out["epoch_time_s"] = elapsed
-        out["images_per_s"] = n / elapsed
+        out["images_per_s"] = n / elapsed if elapsed > 0 else 0.0
         return out
 
-    def train_step(self, x: torch.Tensor, index: torch.Tensor) -> Estimate:
+    def train_step(self, x: torch.Tensor, index: torch.Tensor) -> Estimate | None:
         """One step on the batch (x, index): E-steps first under local inference, then the
-        update of theta (and phi, or the batch's rows) from one gradient evaluation."""
+        update of theta (and phi, or the batch's rows) from one gradient evaluation.
+
+        A non-finite loss or gradient skips the update (returns None) and is recorded in
+        ``bad_steps`` (consecutive) and ``last_fault`` (the step and the term at fault)."""
         beta = self.kl_weight(self.step)
         if self.local_optimizer is not None:
             self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
@@ -201,11 +225,34 @@ class Trainer:
         if self.local_optimizer is not None:
             self.local_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        fault = self._fault(est, loss)
+        if fault is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.local_optimizer is not None:
+                self.local_optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            self.last_fault = (self.step, fault)
+            self.step += 1
+            return None
+        self.bad_steps = 0
         self.optimizer.step()
         if self.local_optimizer is not None:
             self.local_optimizer.step()
         self.step += 1
         return est
+
+    def _fault(self, est: Estimate, loss: torch.Tensor) -> str | None:
+        """Which term is non-finite: the log-likelihood, the KL, the loss or the gradient."""
+        if bool(torch.isfinite(loss)):
+            grads = [p.grad for p in self._global_params if p.grad is not None]
+            if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+                return None
+            return "gradient of the loss"
+        if not bool(torch.isfinite(est.log_lik).all()):
+            return "expected log-likelihood E_q[log p(x|z)]"
+        if not bool(torch.isfinite(est.kl).all()):
+            return "KL(q || p)"
+        return "loss"
 
     def e_step(self, x: torch.Tensor, index: torch.Tensor, steps: int, beta: float = 1.0) -> None:
         """``steps`` updates of the rows (lambda_n, eta_n) of the batch, theta frozen."""
@@ -272,7 +319,12 @@ class Trainer:
             },
             optimizer=self._optimizer_state(),
             rng=capture_rng(self.generator),
-            extra={"train_time_s": self.train_time_s, "metrics": metrics or {}},
+            extra={
+                "train_time_s": self.train_time_s,
+                "metrics": metrics or {},
+                "lr_scale": self.lr_scale,
+                "recoveries": self.recoveries,
+            },
         )
         return save_checkpoint(self.checkpoint_dir, ckpt, keep=self.config.train.keep_checkpoints)
 
@@ -314,6 +366,9 @@ class Trainer:
                 f"{path}: random-number-generator state is invalid ({err})"
             ) from None
         self.train_time_s = float(ckpt.extra.get("train_time_s", 0.0))
+        self.lr_scale = float(ckpt.extra.get("lr_scale", 1.0))
+        self.recoveries = int(ckpt.extra.get("recoveries", 0))
+        self.bad_steps = 0
         return path
 
     def _optimizer_state(self) -> dict[str, Any]:
@@ -340,7 +395,11 @@ class Trainer:
         """Train until ``train.epochs``; after each epoch evaluate, checkpoint, and report."""
         history = []
         while self.epoch < self.config.train.epochs and self.stop_signal is None:
-            metrics: dict[str, Any] = self.train_epoch(progress)
+            try:
+                metrics: dict[str, Any] = self.train_epoch(progress)
+            except _Diverged:
+                self._recover()
+                continue
             self.epoch += 1
             metrics = {"epoch": self.epoch, "step": self.step, **self.evaluate(), **metrics}
             metrics["train_time_s"] = self.train_time_s
@@ -349,6 +408,26 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(metrics)
         return history
+
+    def _recover(self) -> None:
+        """After ``max_bad_steps`` non-finite steps in a row: go back to the last checkpoint
+        with the learning rate times ``recovery_lr_factor``, at most ``max_recoveries`` times;
+        then stop with a message that says where, what and what to try."""
+        tc = self.config.train
+        step, term = self.last_fault or (self.step, "loss")
+        path = latest_checkpoint(self.checkpoint_dir)
+        if self.recoveries >= tc.max_recoveries or path is None:
+            where = f"the last good checkpoint is {path}" if path else "no checkpoint was written"
+            raise NumericalError(
+                f"step {step}: the {term} was non-finite for {tc.max_bad_steps} steps in a row "
+                f"(after {self.recoveries} restart(s) from a checkpoint with a lower learning "
+                f"rate); try a smaller train.lr (now {self.learning_rate(self.epoch):.3g}), "
+                "objective.kl_warmup_epochs, or a larger model.min_scale for Gaussian "
+                f"likelihoods; {where}"
+            )
+        scale, recoveries = self.lr_scale * tc.recovery_lr_factor, self.recoveries + 1
+        self.restore(path)
+        self.lr_scale, self.recoveries = scale, recoveries
 
     @contextmanager
     def stop_on_signals(self) -> Iterator[None]:
