@@ -266,3 +266,26 @@ def test_a_restart_with_a_lower_rate_can_get_past_a_bad_stretch(tmp_path):
     assert trainer.recoveries == 1 and trainer.lr_scale == 0.5
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["lr"] == pytest.approx(0.5e-3)
+
+
+def test_a_read_only_output_directory_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits, so the read-only file system is simulated: mkdir fails."""
+    import errno
+    import pathlib
+
+    from dgm.cli import main
+
+    real_mkdir = pathlib.Path.mkdir
+    target = tmp_path / "ro" / "run"
+
+    def read_only_mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only_mkdir)
+    code = main(["train", "--out", str(target), "--train-limit", "100", "--test-limit", "10",
+                 "--device", "cpu", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Read-only file system" in err and str(target) in err
+    assert err.count("\n") == 1 and not target.exists()
