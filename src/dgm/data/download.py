@@ -43,6 +43,15 @@ def check_url(url: str) -> None:
     )
 
 
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def download_file(
     url: str,
     dest: str | os.PathLike[str],
@@ -65,6 +74,8 @@ def download_file(
     try:
         with os.fdopen(fd, "wb") as out:
             _stream(url, out, progress, timeout, dest.name)
+            out.flush()
+            os.fsync(out.fileno())  # on disk before it can be renamed into place
         if sha256 is not None:
             try:
                 actual = sha256_of_idx(tmp)
@@ -76,6 +87,7 @@ def download_file(
                     f"content is {actual}, expected {sha256.lower()}"
                 )
         os.replace(tmp, dest)
+        _fsync_dir(dest.parent)  # the rename itself survives a crash
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
