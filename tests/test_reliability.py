@@ -295,3 +295,14 @@ def test_a_read_only_output_directory_is_one_line_and_exit_code_2(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "Read-only file system" in err and str(target) in err
     assert err.count("\n") == 1 and not target.exists()
+
+
+@pytest.mark.parametrize("target", ["tensors.safetensors", "state.json"])
+def test_a_truncated_checkpoint_file_is_refused_naming_it(tmp_path, target):
+    config = small_config(**{"train.epochs": 1})
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.fit()
+    path = latest_checkpoint(trainer.checkpoint_dir) / target
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=target):
+        Trainer(config, tmp_path / "run").restore()
