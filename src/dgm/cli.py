@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dgm.config import CLASSICAL
 from dgm.errors import DGMError, UsageError
 
 # flag -> dotted config key (flags override the config file and --set)
@@ -99,10 +100,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
     overrides = _overrides(args)
-    if args.resume is None:
-        config = load_config(args.config, overrides)
-        if config.model.kind in ("ppca", "gmm"):
-            return _train_classical(args, config)
     if args.resume is not None:
         run_dir = Path(args.resume)
         if args.config or args.out or args.force:
@@ -118,6 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(config, run_dir)
     else:
         config = load_config(args.config, overrides)
+        if config.model.kind in CLASSICAL:
+            return _train_classical(args, config)
         run_dir = Path(args.out) if args.out else default_run_dir(config)
         check_new_run(run_dir, force=args.force)
         trainer = Trainer(config, run_dir)  # device and dataset checked before anything is written
@@ -150,6 +149,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+def _run_kind(run_dir: Path) -> str:
+    """model.kind of the run in ``run_dir`` (a one-line error if it is not a run)."""
+    from dgm.config import load_run_config
+
+    return load_run_config(run_dir / "config.json").model.kind
 
 
 def _train_classical(args: argparse.Namespace, config: Any) -> int:
@@ -215,9 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
     run_dir = Path(args.run_dir)
-    from dgm.config import load_run_config
-
-    if load_run_config(run_dir / "config.json").model.kind in ("ppca", "gmm"):
+    if _run_kind(run_dir) in CLASSICAL:
         return _eval_classical(args, run_dir)
     trainer = load_trained(run_dir, device=args.device, limit=args.limit)
     if trainer.config.model.kind != "vae":
@@ -250,19 +254,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _pm(se: float | None) -> str:
-    """'± 0.25' for a standard error, or '' when there is none (a single example)."""
+    """'± 0.25' for a standard error, or a remark when there is none (a single example)."""
     return f"± {se:.2f}" if se is not None else "(one example: no standard error)"
 
 
 def _load_for_measurement(target: Path, device: str | None, epoch: int | None = None):
     """A trained run's latest (or ``epoch``'s) checkpoint, or (a TOML config) the model at
     initialization."""
-    from dgm.config import load_config, load_run_config
+    from dgm.config import load_config
     from dgm.train import Trainer
     from dgm.train.run import load_trained
 
     if target.is_dir():
-        kind = load_run_config(target / "config.json").model.kind
+        kind = _run_kind(target)
         if kind != "vae":
             raise UsageError(f"{target}: a '{kind}' run has no variational posterior to measure")
         trainer = load_trained(target, device=device)
@@ -375,6 +379,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
     import torch
 
     from dgm.evaluate import inference_gaps
+    from dgm.plots import save_gap
     from dgm.train.files import atomic_write_text
     from dgm.train.run import load_trained
 
@@ -383,9 +388,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
     run_dir = Path(args.run_dir)
-    from dgm.config import load_run_config
-
-    kind = load_run_config(run_dir / "config.json").model.kind
+    kind = _run_kind(run_dir)
     if kind != "vae":
         raise UsageError(f"{run_dir}: a '{kind}' run has no encoder whose gaps could be measured")
     trainer = load_trained(run_dir, device=args.device, limit=args.limit)
@@ -409,7 +412,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
     result["epoch"] = trainer.epoch
     result["seconds"] = time.perf_counter() - start
     atomic_write_text(run_dir / "gap.json", json.dumps(result, indent=2) + "\n")
-    _save_gap_plot(result, run_dir / "gap.png")
+    save_gap(result, run_dir / "gap.png")
     if args.json:
         print(json.dumps(result))
     else:
@@ -421,27 +424,6 @@ def cmd_gap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_gap_plot(r: dict[str, Any], path: Path) -> None:
-    from dgm.plots import plt, save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    levels = [
-        ("log p(x)", r["log_likelihood"]),
-        ("ELBO, optimized q", r["elbo_optimized"]),
-        ("ELBO, encoder q", r["elbo_amortized"]),
-    ]
-    ax.barh([n for n, _ in levels], [v for _, v in levels], color=["C2", "C0", "C1"])
-    lo = min(v for _, v in levels) - 2
-    ax.set_xlim(lo, max(v for _, v in levels) + 1)
-    ax.set_xlabel("nats per test example")
-    ax.set_title(
-        f"approximation gap {r['approximation_gap']:.2f}, "
-        f"amortization gap {r['amortization_gap']:.2f} nats"
-    )
-    ax.invert_yaxis()
-    save_figure(fig, path)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -451,18 +433,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"--n {args.n}: expected a positive number of samples")
     run_dir = Path(args.run_dir)
-    from dgm.config import load_run_config
-
-    config = load_run_config(run_dir / "config.json")
     out = Path(args.out) if args.out else run_dir / "samples.png"
-    if config.model.kind in ("ppca", "gmm"):
-        from dgm.train.classical import WEIGHTS, load_classical
+    if _run_kind(run_dir) in CLASSICAL:
+        from dgm.config import load_run_config
+        from dgm.train.classical import WEIGHTS, classical_samples, load_classical
 
-        model = load_classical(config, run_dir / WEIGHTS)
+        model = load_classical(load_run_config(run_dir / "config.json"), run_dir / WEIGHTS)
         torch.manual_seed(args.seed)
-        x = model.sample(args.n)[1]
-        x = x.mean if config.model.kind == "ppca" else x  # PPCA: the noise-free W z + mu
-        save_grid(x.float().clamp(0, 1), out)
+        save_grid(classical_samples(model, args.n), out)
         print(out)
         return 0
     trainer = load_trained(run_dir, device=args.device)

@@ -15,6 +15,13 @@ from dgm.models import DeepLatentModel
 DEFAULT_PAIRS_PER_PASS = 25_000
 
 
+def mean_stderr(v: torch.Tensor) -> tuple[float, float | None]:
+    """The mean of per-example values (N,) and its standard error, std / sqrt(N) (None if N = 1)."""
+    v = v.double()
+    n = v.numel()
+    return v.mean().item(), (v.std(unbiased=True).item() / math.sqrt(n) if n > 1 else None)
+
+
 @dataclass
 class LogLikelihood:
     """Per-example estimates (N,) from k importance samples each, in nats."""
@@ -24,16 +31,10 @@ class LogLikelihood:
     k: int
 
     def summary(self) -> dict[str, float | int | None]:
-        """Means over examples with their standard errors (sample std / sqrt(n); None if n = 1)."""
+        """Means over examples with their standard errors (see :func:`mean_stderr`)."""
         n = self.log_likelihood.numel()
-
-        def mean_se(v: torch.Tensor) -> tuple[float, float | None]:
-            v = v.double()
-            se = v.std(unbiased=True).item() / math.sqrt(n) if n > 1 else None
-            return v.mean().item(), se
-
-        ll, ll_se = mean_se(self.log_likelihood)
-        el, el_se = mean_se(self.elbo)
+        ll, ll_se = mean_stderr(self.log_likelihood)
+        el, el_se = mean_stderr(self.elbo)
         return {
             "log_likelihood": ll,
             "log_likelihood_stderr": ll_se,
@@ -132,11 +133,6 @@ def inference_gaps(
     el_amortized = importance_log_likelihood(model, posterior, x, elbo_samples).elbo
     el_optimized = importance_log_likelihood(model, optimized, x, elbo_samples).elbo
     n = x.shape[0]
-
-    def mean_se(v: torch.Tensor) -> tuple[float, float | None]:
-        v = v.double()
-        return v.mean().item(), (v.std().item() / math.sqrt(n) if n > 1 else None)
-
     out: dict[str, float | int | None] = {}
     for name, v in (
         ("log_likelihood", ll.log_likelihood),
@@ -146,6 +142,6 @@ def inference_gaps(
         ("approximation_gap", ll.log_likelihood - el_optimized),
         ("inference_gap", ll.log_likelihood - el_amortized),
     ):
-        out[name], out[f"{name}_stderr"] = mean_se(v)
+        out[name], out[f"{name}_stderr"] = mean_stderr(v)
     out.update({"k": k, "steps": steps, "lr": lr, "elbo_samples": elbo_samples, "n": n})
     return out

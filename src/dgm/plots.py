@@ -143,3 +143,23 @@ def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
         fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def save_gap(r: dict, path: Path) -> None:
+    """The three levels of ``dgm gap`` as bars: log p(x), optimized ELBO, encoder's ELBO."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    levels = [
+        ("log p(x)", r["log_likelihood"]),
+        ("ELBO, optimized q", r["elbo_optimized"]),
+        ("ELBO, encoder q", r["elbo_amortized"]),
+    ]
+    ax.barh([n for n, _ in levels], [v for _, v in levels], color=["C2", "C0", "C1"])
+    lo = min(v for _, v in levels) - 2
+    ax.set_xlim(lo, max(v for _, v in levels) + 1)
+    ax.set_xlabel("nats per test example")
+    ax.set_title(
+        f"approximation gap {r['approximation_gap']:.2f}, "
+        f"amortization gap {r['amortization_gap']:.2f} nats"
+    )
+    ax.invert_yaxis()
+    save_figure(fig, path)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from dgm.config import Config
 from dgm.data import dequantize_fixed
 from dgm.errors import CheckpointError, ConfigError
+from dgm.evaluate import mean_stderr
 from dgm.models import PPCA, GaussianMixture
 from dgm.plots import save_grid
 from dgm.train.files import atomic_write, atomic_write_text
@@ -89,14 +90,20 @@ def fit_classical(
 def test_log_likelihood(model: PPCA | GaussianMixture, x_test: torch.Tensor) -> dict[str, Any]:
     """Exact log p(x) on the test set: mean, standard error, bits per dimension."""
     log_px = torch.cat([model.log_prob(x.double()) for x in x_test.split(1000)])  # (N,)
-    n, d = log_px.numel(), x_test.shape[1]
-    mean = log_px.mean().item()
+    mean, stderr = mean_stderr(log_px)
     return {
         "test_log_likelihood": mean,
-        "test_log_likelihood_stderr": log_px.std().item() / math.sqrt(n) if n > 1 else None,
-        "test_bits_per_dim": bits_per_dim(mean, d),
-        "n": n,
+        "test_log_likelihood_stderr": stderr,
+        "test_bits_per_dim": bits_per_dim(mean, x_test.shape[1]),
+        "n": log_px.numel(),
     }
+
+
+def classical_samples(model: PPCA | GaussianMixture, n: int) -> torch.Tensor:
+    """(n, D) images to look at: PPCA's noise-free means W z + mu (its isotropic noise would
+    hide them), a GMM's samples x ~ p(x | z)."""
+    _, x = model.sample(n)
+    return (x.mean if isinstance(model, PPCA) else x).float().clamp(0, 1)
 
 
 def save_classical(model: PPCA | GaussianMixture, path: Path) -> None:
@@ -156,7 +163,5 @@ def run_classical(
     lines = "".join(json.dumps(r) + "\n" for r in [*rows, result])
     atomic_write_text(run_dir / METRICS, lines)
     torch.manual_seed(config.train.seed)
-    # PPCA: the noise-free means W z + mu (its isotropic noise would hide them); GMM: samples
-    x = model.sample(64)[1].mean if isinstance(model, PPCA) else model.sample(64)[1]
-    save_grid(x.float().clamp(0, 1), run_dir / "samples.png", data.image_shape)
+    save_grid(classical_samples(model, 64), run_dir / "samples.png", data.image_shape)
     return result
