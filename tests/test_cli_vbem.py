@@ -161,5 +161,9 @@ def test_more_bad_input_is_one_line_and_leaves_nothing(trained, tmp_path, capsys
     assert code == 0 and "no standard error" in out
     code, _, err = run(capsys, "gap", str(run_dir))
     assert code == 2 and "ppca" in err
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    code, _, err = run(capsys, "train", "--resume", str(run_dir), "--quiet")
+    assert code == 2 and "nothing to resume" in err
+    assert (run_dir / "metrics.jsonl").read_bytes() == before  # the fit is untouched
     code, out, _ = run(capsys, "eval", str(trained), "--k", "5", "--limit", "1", "--quiet")
     assert code == 0 and "no standard error" in out

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dgm.build import build_estimator, build_model, build_posterior
-from dgm.config import Config, validate
+from dgm.config import CLASSICAL, Config, validate
 from dgm.data import (
     TensorBatches,
     binarize_fixed,
@@ -100,6 +100,11 @@ class Trainer:
     """Builds a run's objects from its config and trains them; checkpoints go to ``run_dir``."""
 
     def __init__(self, config: Config, run_dir: Path, data: Data | None = None) -> None:
+        if config.model.kind in CLASSICAL:
+            raise UsageError(
+                f"model.kind = '{config.model.kind}' is fitted by EM (dgm.train.classical), "
+                "not by the VB trainer"
+            )
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.train.device)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dgm.config import Config, load_run_config, save_config
+from dgm.config import CLASSICAL, Config, load_run_config, save_config
 from dgm.errors import UsageError
 from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -115,6 +115,11 @@ def open_resume(run_dir: Path, epochs: int | None = None) -> Config:
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     config = load_run_config(run_dir / CONFIG)
+    if config.model.kind in CLASSICAL:
+        raise UsageError(
+            f"--resume {run_dir}: a {config.model.kind} run is fitted by EM in one go and has "
+            "nothing to resume; to refit it, train again with --force --out"
+        )
     if epochs is None or epochs == config.train.epochs:
         return config
     done = latest_checkpoint(run_dir / "checkpoints")
