@@ -111,8 +111,6 @@ def test_score_estimators_keep_the_true_bound_under_warmup(lg):
         torch.manual_seed(2)
         _, _, full = estimates(lg, estimator, x, lam, log_eta, r=8)
         torch.manual_seed(2)
-        _, _, warm = estimates(lg, estimator, x, lam, log_eta, r=8)
-        torch.manual_seed(2)
         table = LocalGaussian(8, lg.d, sparse=False).double()
         warm = estimator(lg.model, table(x.expand(8, -1), torch.arange(8)), x.expand(8, -1), 0.3)
         torch.manual_seed(2)

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dgm.baselines import LeaveOneOut
 from dgm.estep import frozen
-from dgm.estimators import Estimator
+from dgm.estimators import Estimator, Reparameterized, ScoreFunction
 
 
 @dataclass
@@ -175,9 +176,6 @@ def compare_estimators(
     :class:`GradientStats` fields, ``variance_ratio_to_reparam`` and ``snr_common`` (the SNR
     with the pathwise estimate of ||E g||^2, at the same K; the first variant must be reparam).
     """
-    from dgm.baselines import LeaveOneOut
-    from dgm.estimators import Reparameterized, ScoreFunction
-
     params = [p for p in posterior.parameters() if p.requires_grad]
     records: list[dict[str, Any]] = []
     for k in ks:
