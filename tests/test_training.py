@@ -9,6 +9,7 @@ from dgm.config import load_config
 from dgm.errors import CheckpointError
 from dgm.train import Trainer, train_run
 from dgm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from dgm.train.loop import iwae_stage
 from dgm.train.run import prepare_new_run, read_metrics
 
 SMALL = {
@@ -77,6 +78,19 @@ def test_learning_rate_schedules():
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
     ratios = [b / a for a, b in zip(lrs, lrs[1:], strict=False)]
     assert ratios == pytest.approx([10 ** (-0.5)] * 4)
+
+
+def test_iwae_schedule_is_the_papers_stairs():
+    """3,280 epochs: 3^i passes at 1e-3 * 10^(-i/7); fewer epochs keep the proportions."""
+    full = Trainer(small_config(**{"train.epochs": 3280, "train.lr_schedule": "iwae"}), "unused")
+    lrs = [full.learning_rate(e) for e in range(3280)]
+    stages = [lrs.count(1e-3 * 10 ** (-i / 7)) for i in range(8)]
+    assert stages == [3**i for i in range(8)]
+    assert lrs == sorted(lrs, reverse=True)
+    short = Trainer(small_config(**{"train.epochs": 328, "train.lr_schedule": "iwae"}), "unused")
+    # a tenth of the epochs: stage 7 starts at epoch 109.3 (1093 / 10), within an epoch
+    assert iwae_stage(109.2, 328) == 6 and iwae_stage(109.4, 328) == 7
+    assert short.learning_rate(109.4) == pytest.approx(1e-3 * 10 ** (-1))
 
 
 def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):

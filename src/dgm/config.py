@@ -75,6 +75,8 @@ class EMConfig(_Section):
 
 
 class ObjectiveConfig(_Section):
+    # elbo: (1/K) sum_k log w_k; iwae: log (1/K) sum_k w_k (Burda et al. 2015), K = k
+    bound: Literal["elbo", "iwae"] = "elbo"
     k: PositiveInt = 1  # samples of z per example in the training bound
     kl: Literal["analytic", "mc"] = "analytic"
     kl_warmup_epochs: float = Field(0.0, ge=0)  # KL weight rises linearly from 0 to 1 over these
@@ -107,8 +109,10 @@ class TrainConfig(_Section):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 100
     lr: PositiveFloat = 1e-3
-    # constant: lr throughout; exponential: from lr at the first epoch to lr_final at the last
-    lr_schedule: Literal["constant", "exponential"] = "constant"
+    # constant: lr throughout; exponential: from lr at the first epoch to lr_final at the last;
+    # iwae: Burda et al. (2015)'s stairs, stage i = 0..7 at lr * 10^(-i/7) for a share 3^i / 3280
+    # of the epochs (train.epochs = 3280 is the paper's schedule exactly)
+    lr_schedule: Literal["constant", "exponential", "iwae"] = "constant"
     lr_final: PositiveFloat = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8

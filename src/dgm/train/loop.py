@@ -96,6 +96,21 @@ def load_data(config: Config, device: torch.device) -> Data:
     return Data(x_train, x_test, tuple(ds.train_images.shape[1:]))
 
 
+IWAE_STAGES = 8  # Burda et al. (2015), section 5: 3^i passes at 1e-3 * 10^(-i/7), i = 0..7
+
+
+def iwae_stage(epoch: float, epochs: int) -> int:
+    """The stage i at (0-based, fractional) ``epoch`` when ``epochs`` are shared among the IWAE
+    paper's 8 stages in proportion 3^0 : 3^1 : ... : 3^7 (3,280 epochs: 1, 3, 9, ..., 2,187)."""
+    total = sum(3**i for i in range(IWAE_STAGES))  # 3280
+    done = 0
+    for i in range(IWAE_STAGES):
+        done += 3**i
+        if epoch * total < done * epochs:  # epoch < epochs * done / total
+            return i
+    return IWAE_STAGES - 1
+
+
 class Trainer:
     """Builds a run's objects from its config and trains them; checkpoints go to ``run_dir``."""
 
@@ -124,7 +139,11 @@ class Trainer:
         if not self.local:
             global_params += list(self.posterior.parameters())
         self._global_params = global_params
-        self.optimizer = torch.optim.Adam(global_params, lr=tc.lr, betas=tc.betas, eps=tc.eps)
+        # fused: one kernel for all parameters; on the CPU the default is a per-tensor Python
+        # loop, 30% of a batch-20 step of the IWAE paper's model (2.3 vs 3.1 ms per step)
+        self.optimizer = torch.optim.Adam(
+            global_params, lr=tc.lr, betas=tc.betas, eps=tc.eps, fused=True
+        )
         # the per-datapoint tables: lazy (sparse) Adam touches only the rows in the batch
         self.local_optimizer = (
             torch.optim.SparseAdam(
@@ -158,11 +177,15 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     # -- one epoch ---------------------------------------------------------------------------
-    def learning_rate(self, epoch: int) -> float:
-        """The learning rate of (0-based) ``epoch``: a pure function, so resume needs no state."""
+    def learning_rate(self, epoch: float) -> float:
+        """The learning rate at (0-based) ``epoch``, fractional within an epoch for the ``iwae``
+        stairs: a pure function, so resume needs no state."""
         tc = self.config.train
+        if tc.lr_schedule == "iwae":
+            return self.lr_scale * tc.lr * 10 ** (-iwae_stage(epoch, tc.epochs) / 7)
         if tc.lr_schedule == "constant" or tc.epochs == 1:
             return tc.lr * self.lr_scale
+        epoch = int(epoch)
         return self.lr_scale * tc.lr * (tc.lr_final / tc.lr) ** (epoch / (tc.epochs - 1))
 
     def kl_weight(self, step: int) -> float:
@@ -170,10 +193,15 @@ class Trainer:
         warmup_steps = self.config.objective.kl_warmup_epochs * len(self.batches)
         return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
-    def train_epoch(self, progress: bool = False) -> dict[str, float]:
-        lr = self.learning_rate(self.epoch)
+    def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def train_epoch(self, progress: bool = False) -> dict[str, float]:
+        lr = self.learning_rate(self.epoch)
+        self._set_lr(lr)
+        # the iwae stairs may change within an epoch when train.epochs < 3280
+        per_step = self.config.train.lr_schedule == "iwae"
         self.model.train()
         self.posterior.train()
         self.estimator.train()
@@ -189,6 +217,8 @@ class Trainer:
         start = time.perf_counter()
         skipped = 0
         for i, (x, index) in enumerate(self.batches):
+            if per_step:
+                self._set_lr(self.learning_rate(self.epoch + i / len(self.batches)))
             est = self.train_step(x, index)
             if est is None:  # a non-finite loss or gradient: the step was skipped
                 skipped += 1
