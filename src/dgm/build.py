@@ -5,19 +5,27 @@ from __future__ import annotations
 from torch import nn
 
 from dgm.baselines import Baseline, LearnedBaseline, LeaveOneOut, RunningMean
-from dgm.config import Config, ModelConfig, ObjectiveConfig
-from dgm.estimators import Estimator, Reparameterized, ScoreFunction
+from dgm.config import Config, ModelConfig, ObjectiveConfig, parse_posterior
+from dgm.estimators import DReG, Estimator, Reparameterized, ScoreFunction, StickingTheLanding
 from dgm.models import (
     BernoulliLikelihood,
     DeepLatentModel,
     GaussianLikelihood,
+    HierarchicalPrior,
     IsotropicGaussianLikelihood,
     LearnedGaussianLikelihood,
     Likelihood,
     StandardNormalPrior,
 )
-from dgm.nn import MLP
-from dgm.variational import DeterministicEncoder, GaussianEncoder, LocalGaussian
+from dgm.nn import ACTIVATIONS, MLP
+from dgm.variational import (
+    DeterministicEncoder,
+    FlowEncoder,
+    GaussianEncoder,
+    HierarchicalEncoder,
+    LocalGaussian,
+    build_flow_steps,
+)
 
 
 def build_likelihood(cfg: ModelConfig) -> Likelihood:
@@ -30,13 +38,26 @@ def build_likelihood(cfg: ModelConfig) -> Likelihood:
     return LearnedGaussianLikelihood(cfg.min_scale)
 
 
+def latent_sizes(cfg: ModelConfig) -> list[int]:
+    """(d_1, ..., d_L): z_1 = latent_dim, then the upper layers'."""
+    return [cfg.latent_dim, *(layer.latent_dim for layer in cfg.upper)]
+
+
 def build_model(cfg: ModelConfig, data_dim: int) -> DeepLatentModel:
-    """The decoder mirrors the encoder: latent_dim -> reversed(hidden) -> likelihood parameters."""
+    """The decoder mirrors the encoder: latent_dim -> reversed(hidden) -> likelihood parameters;
+    with upper stochastic layers, p(z_i | z_{i+1}) mirrors q(z_{i+1} | z_i) likewise."""
     likelihood = build_likelihood(cfg)
     decoder = MLP(
         cfg.latent_dim, list(reversed(cfg.hidden)), likelihood.param_size(data_dim), cfg.activation
     )
-    return DeepLatentModel(StandardNormalPrior(cfg.latent_dim), decoder, likelihood, data_dim)
+    if not cfg.upper:
+        return DeepLatentModel(StandardNormalPrior(cfg.latent_dim), decoder, likelihood, data_dim)
+    sizes = latent_sizes(cfg)
+    nets = [  # p(z_i | z_{i+1}): d_{i+1} -> reversed(hidden) -> 2 d_i
+        MLP(sizes[i + 1], list(reversed(layer.hidden)), 2 * sizes[i], cfg.activation)
+        for i, layer in enumerate(cfg.upper)
+    ]
+    return DeepLatentModel(HierarchicalPrior(sizes, nets), decoder, likelihood, data_dim)
 
 
 def build_posterior(config: Config, data_dim: int, num_examples: int) -> nn.Module:
@@ -48,9 +69,44 @@ def build_posterior(config: Config, data_dim: int, num_examples: int) -> nn.Modu
         return DeterministicEncoder(
             MLP(data_dim, cfg.hidden, cfg.latent_dim, cfg.activation), cfg.latent_dim
         )
-    return GaussianEncoder(
-        MLP(data_dim, cfg.hidden, 2 * cfg.latent_dim, cfg.activation), cfg.latent_dim
+    flow, steps = parse_posterior(cfg.posterior)
+    if flow != "gaussian":
+        context = cfg.hidden[-1] if cfg.hidden else data_dim
+        trunk = (
+            nn.Sequential(
+                MLP(data_dim, cfg.hidden[:-1], cfg.hidden[-1], cfg.activation),
+                ACTIVATIONS[cfg.activation](),
+            )
+            if cfg.hidden
+            else nn.Identity()
+        )
+        return FlowEncoder(
+            trunk, context, cfg.latent_dim, build_flow_steps(flow, steps, cfg.latent_dim, context)
+        )
+    net = MLP(data_dim, cfg.hidden, 2 * cfg.latent_dim, cfg.activation)
+    if not cfg.upper:
+        return GaussianEncoder(net, cfg.latent_dim)
+    sizes = latent_sizes(cfg)
+    nets = [  # q(z_{i+1} | z_i): d_i -> hidden -> 2 d_{i+1}
+        MLP(sizes[i], layer.hidden, 2 * sizes[i + 1], cfg.activation)
+        for i, layer in enumerate(cfg.upper)
+    ]
+    return HierarchicalEncoder(net, nets, sizes)
+
+
+def resolve_kl(config: Config) -> str:
+    """``auto``: the closed form when there is one (a diagonal-Gaussian q over one stochastic
+    layer, the ELBO, an estimator that can use it), else Monte Carlo."""
+    oc = config.objective
+    if oc.kl != "auto":
+        return oc.kl
+    closed = (
+        parse_posterior(config.model.posterior)[0] == "gaussian"
+        and not config.model.upper
+        and oc.bound == "elbo"
+        and oc.estimator not in ("stl", "dreg")
     )
+    return "analytic" if closed else "mc"
 
 
 def build_baseline(cfg: ObjectiveConfig, data_dim: int) -> Baseline:
@@ -73,11 +129,17 @@ def build_baseline(cfg: ObjectiveConfig, data_dim: int) -> Baseline:
 
 
 def build_estimator(cfg: Config, data_dim: int) -> Estimator:
-    """The AE trains on reconstruction alone (no KL); the VAE on the K-sample ELBO."""
+    """The AE trains on reconstruction alone (no KL); the VAE on the K-sample ELBO or IWAE bound
+    with the configured gradient estimator (the valid pairs are checked by the config)."""
     oc = cfg.objective
     if cfg.model.kind == "ae":
         return Reparameterized(k=oc.k, kl="none")
+    kl = resolve_kl(cfg)
     if oc.estimator == "reparam":
-        return Reparameterized(k=oc.k, kl=oc.kl)
+        return Reparameterized(k=oc.k, kl=kl, bound=oc.bound, free_bits=oc.free_bits)
+    if oc.estimator == "stl":
+        return StickingTheLanding(k=oc.k)
+    if oc.estimator == "dreg":
+        return DReG(k=oc.k)
     baseline = build_baseline(oc, data_dim) if oc.estimator == "score-baseline" else None
-    return ScoreFunction(k=oc.k, kl=oc.kl, baseline=baseline)
+    return ScoreFunction(k=oc.k, kl=kl, baseline=baseline)

@@ -19,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -44,6 +45,27 @@ class DataConfig(_Section):
 CLASSICAL = ("ppca", "gmm")
 
 
+class UpperLayer(_Section):
+    latent_dim: PositiveInt
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [100, 100])
+
+
+POSTERIOR_FLOWS = ("planar", "radial", "iaf", "sylvester")
+
+
+def parse_posterior(text: str) -> tuple[str, int]:
+    """``gaussian`` -> ("gaussian", 0); ``iaf:4`` -> ("iaf", 4); anything else: ValueError."""
+    name, _, steps = text.partition(":")
+    if name == "gaussian" and not steps:
+        return name, 0
+    if name in POSTERIOR_FLOWS and steps.isdigit() and int(steps) > 0:
+        return name, int(steps)
+    raise ValueError(
+        f"expected gaussian or FLOW:L with FLOW one of {', '.join(POSTERIOR_FLOWS)} and L >= 1 "
+        "flow steps, e.g. iaf:4"
+    )
+
+
 class ModelConfig(_Section):
     # vae: VB with a stochastic q; ae: the plain autoencoder baseline; ppca, gmm: the classical
     # models of the lecture's first slides, fitted by exact EM (see the `em` section)
@@ -59,9 +81,24 @@ class ModelConfig(_Section):
     init_output_bias: bool = True  # decoder output bias from the training data's mean
     gaussian_scale: PositiveFloat = 1.0  # sigma of the fixed-variance Gaussian likelihood
     min_scale: PositiveFloat = 0.01  # floor on sigma(z) of the learned-variance Gaussian
+    # q(z | x): gaussian (diagonal), or a flow of L steps on it whose parameters come from the
+    # encoder: planar:L, radial:L (Rezende and Mohamed 2015), iaf:L (Kingma et al. 2016),
+    # sylvester:L (Householder Sylvester flows, van den Berg et al. 2018)
+    posterior: str = "gaussian"
+    # stochastic layers above z (= z_1): p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1) and
+    # q(z_1 | x) q(z_2 | z_1) ...; each has a latent_dim and the hidden widths of the MLPs that
+    # connect it to the layer below (the IWAE paper's 2-layer model: [{latent_dim = 50,
+    # hidden = [100, 100]}] over latent_dim = 100, hidden = [200, 200])
+    upper: list[UpperLayer] = Field(default_factory=list)
     components: PositiveInt = 10  # gmm: mixture components
     covariance: Literal["full", "diag"] = "full"  # gmm: covariance of each component
     reg_covar: float = Field(1e-6, ge=0)  # gmm: added to every covariance's diagonal
+
+    @field_validator("posterior")
+    @classmethod
+    def _check_posterior(cls, v: str) -> str:
+        parse_posterior(v)
+        return v
 
 
 class EMConfig(_Section):
@@ -78,11 +115,18 @@ class ObjectiveConfig(_Section):
     # elbo: (1/K) sum_k log w_k; iwae: log (1/K) sum_k w_k (Burda et al. 2015), K = k
     bound: Literal["elbo", "iwae"] = "elbo"
     k: PositiveInt = 1  # samples of z per example in the training bound
-    kl: Literal["analytic", "mc"] = "analytic"
+    # the ELBO's KL: analytic (closed form), mc (Monte Carlo from the same samples), or auto:
+    # analytic where one exists (diagonal-Gaussian q, one stochastic layer), else mc. The IWAE
+    # bound has no KL term (it works on log-weights); its logged KL is the Monte Carlo estimate.
+    kl: Literal["auto", "analytic", "mc"] = "auto"
     kl_warmup_epochs: float = Field(0.0, ge=0)  # KL weight rises linearly from 0 to 1 over these
+    # free bits (Kingma et al. 2016): the KL of a latent dimension gets no gradient while its
+    # minibatch average is below this many nats (0: off; ELBO with estimator reparam only)
+    free_bits: float = Field(0.0, ge=0)
     # reparam: pathwise gradient; score: the lecture's naive score-function gradient;
-    # score-baseline: score function with a control variate (see `baseline`)
-    estimator: Literal["reparam", "score", "score-baseline"] = "reparam"
+    # score-baseline: score function with a control variate (see `baseline`);
+    # stl: "sticking the landing" for the ELBO; dreg: doubly reparameterized IWAE gradients
+    estimator: Literal["reparam", "score", "score-baseline", "stl", "dreg"] = "reparam"
     # auto: leave-one-out when k > 1, else NVIL's learned baseline (see dgm.build)
     baseline: Literal["auto", "running", "learned", "loo"] = "auto"
     baseline_decay: float = Field(0.9, ge=0, lt=1)  # running-mean decay, per step
@@ -92,6 +136,24 @@ class ObjectiveConfig(_Section):
     def _check_baseline(self) -> ObjectiveConfig:
         if self.estimator == "score-baseline" and self.baseline == "loo" and self.k < 2:
             raise ValueError("baseline = 'loo' (leave-one-out) needs k >= 2 samples")
+        if self.bound == "iwae" and self.estimator not in ("reparam", "dreg"):
+            hint = " (stl is biased for it: use dreg)" if self.estimator == "stl" else ""
+            raise ValueError(
+                f"estimator = '{self.estimator}' is not an estimator of the IWAE bound's "
+                f"gradient{hint}: use 'reparam' or 'dreg'"
+            )
+        if self.bound == "elbo" and self.estimator == "dreg":
+            raise ValueError("estimator = 'dreg' is for bound = 'iwae' (for the ELBO it is 'stl')")
+        if self.estimator in ("stl", "dreg") and self.kl == "analytic":
+            raise ValueError(
+                f"estimator = '{self.estimator}' works on Monte Carlo log-weights: set kl = 'mc' "
+                "or 'auto'"
+            )
+        if self.free_bits > 0 and (self.bound != "elbo" or self.estimator != "reparam"):
+            raise ValueError(
+                "free_bits applies to the ELBO's KL with estimator = 'reparam' (got bound = "
+                f"'{self.bound}', estimator = '{self.estimator}')"
+            )
         return self
 
 
@@ -190,6 +252,25 @@ class Config(_Section):
             raise ValueError(
                 "model.kind = 'ae' trains a deterministic code: objective.estimator must be "
                 "'reparam' (score-function estimators need a stochastic q)"
+            )
+        posterior, _ = parse_posterior(self.model.posterior)
+        structured = posterior != "gaussian" or self.model.upper
+        what = (
+            f"model.posterior = '{self.model.posterior}'"
+            if posterior != "gaussian"
+            else "model.upper (more than one stochastic layer)"
+        )
+        if structured and self.objective.kl == "analytic":
+            raise ValueError(f"{what} has no closed-form KL: set objective.kl = 'mc' or 'auto'")
+        if structured and self.model.kind != "vae":
+            raise ValueError(f"{what} needs model.kind = 'vae'")
+        if structured and self.inference.kind == "local":
+            raise ValueError(f"{what} is amortized: inference.kind must be 'amortized'")
+        if posterior != "gaussian" and self.objective.estimator not in ("reparam",):
+            raise ValueError(
+                f"{what} gives log q(z | x) only along its own samples: objective.estimator "
+                "must be 'reparam' (score-function, stl and dreg estimators need log q at a "
+                "given z)"
             )
         if self.model.kind == "ae" and self.inference.kind == "local":
             raise ValueError("inference.kind = 'local' is per-datapoint VB: use model.kind = 'vae'")

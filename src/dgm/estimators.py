@@ -17,11 +17,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from dgm.baselines import Baseline
 from dgm.models import DeepLatentModel
-from dgm.objectives import elbo
+from dgm.objectives import elbo, iwae
 
 KLMode = Literal["analytic", "mc", "none"]
 
@@ -49,40 +49,188 @@ class Estimator(nn.Module):
         self.kl = kl
 
 
+Bound = Literal["elbo", "iwae"]
+
+
+def rsample_and_log_prob(q: Distribution, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K reparameterized draws z (K, B, d) and log q(z | x) (K, B), in one pass for a flow."""
+    if hasattr(q, "rsample_and_log_prob"):
+        return q.rsample_and_log_prob((k,))
+    if not q.has_rsample:
+        raise ValueError(f"{type(q).__name__} has no rsample: use a score-function estimator")
+    z = q.rsample((k,))
+    return z, q.log_prob(z)
+
+
+def stop_parameters(q: Distribution) -> Distribution:
+    r"""q with the gradient to its parameters stopped: log q_bar(z) still depends on z (the path),
+    not on phi directly. This drops the score term E_q[grad_phi log q] (zero in expectation), as
+    "sticking the landing" and DReG need (Roeder et al. 2017; Tucker et al. 2018)."""
+    if hasattr(q, "stop_parameters"):
+        return q.stop_parameters()
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        base = Normal(q.base_dist.loc.detach(), q.base_dist.scale.detach(), validate_args=False)
+        return Independent(base, q.reinterpreted_batch_ndims, validate_args=False)
+    raise ValueError(
+        f"{type(q).__name__} cannot evaluate log q(z) with its parameters' gradient stopped "
+        "(a flow without an inverse): use objective.estimator = 'reparam'"
+    )
+
+
+def free_bits_kl(q: Distribution, p: Distribution, kl: torch.Tensor, lam: float) -> torch.Tensor:
+    r"""The KL term of the free-bits objective, per example (B,), for its gradient only.
+
+    Kingma et al. (2016, eq. 15): sum_j max(lam, E_batch[KL_j]); a latent dimension j whose KL,
+    averaged over the minibatch, is below ``lam`` nats gets no gradient from the KL. With a
+    diagonal-Gaussian q and p the KL_j are per dimension; otherwise the whole KL is one group with
+    threshold lam * latent_dim.
+    """
+    if (
+        isinstance(q, Independent)
+        and isinstance(q.base_dist, Normal)
+        and isinstance(p, Independent)
+        and isinstance(p.base_dist, Normal)
+    ):
+        kl_j = kl_divergence(q.base_dist, p.base_dist)  # (B, d)
+        active = (kl_j.mean(0) >= lam).detach()  # (d,)
+        return (kl_j * active).sum(-1)
+    d = q.event_shape[-1]
+    return kl * (kl.mean() >= lam * d).detach()
+
+
 class Reparameterized(Estimator):
     r"""The pathwise estimator: z_k = lambda + eta * eps_k, eps_k ~ N(0, I), differentiated through.
 
-    The objective is the K-sample ELBO
-        (1/K) sum_k log p(x | z_k) - KL(q(z | x) || p(z))
-    with the KL in closed form (``kl="analytic"``, ``torch.distributions.kl_divergence``), or by
-    Monte Carlo from the same samples (``kl="mc"``: the bound is elbo(log w) with
-    log w = log p(x, z) - log q(z | x)), or left out (``kl="none"``: the plain autoencoder's
-    reconstruction objective, which is not a bound on log p(x)).
+    ``bound="elbo"``: the K-sample ELBO (1/K) sum_k log p(x | z_k) - KL(q(z | x) || p(z)) with the
+    KL in closed form (``kl="analytic"``, ``torch.distributions.kl_divergence``), or by Monte Carlo
+    from the same samples (``kl="mc"``: elbo(log w) with log w = log p(x, z) - log q(z | x)), or
+    left out (``kl="none"``: the plain autoencoder's reconstruction objective, not a bound).
     (Kingma and Welling 2014, eq. 7 and 10; the lecture, "Re-parameterization Trick".)
 
+    ``bound="iwae"``: log (1/K) sum_k w_k (Burda et al. 2015), differentiated through all K paths;
+    its gradient weighs each sample's grad log w_k by the normalized weight w_k / sum_j w_j.
+
     ``kl_weight`` (beta) < 1 is KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): the
-    gradient is that of E[log p(x|z)] - beta KL, while ``bound`` stays the true ELBO.
+    gradient is that of E[log p(x|z)] - beta KL (for the IWAE bound, of the bound over
+    log p(x|z) + beta log p(z)/q(z)), while ``bound`` stays the true bound. ``free_bits`` > 0
+    replaces the KL's gradient by that of :func:`free_bits_kl` (ELBO only).
     """
+
+    def __init__(
+        self, k: int = 1, kl: KLMode = "analytic", bound: Bound = "elbo", free_bits: float = 0.0
+    ) -> None:
+        super().__init__(k, kl)
+        if bound not in ("elbo", "iwae"):
+            raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}")
+        if bound == "iwae" and kl == "none":
+            raise ValueError("the IWAE bound needs log q and log p(z): kl cannot be 'none'")
+        if free_bits < 0 or (free_bits > 0 and bound != "elbo"):
+            raise ValueError("free_bits must be >= 0, and applies to the ELBO's KL only")
+        self.bound = bound
+        self.free_bits = free_bits
 
     def forward(
         self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
     ) -> Estimate:
-        if not q.has_rsample:
-            raise ValueError(f"{type(q).__name__} has no rsample: use a score-function estimator")
-        z = q.rsample((self.k,))  # (K, B, d)
-        log_lik = model.likelihood(z).log_prob(x)  # (K, B)
-        if self.kl == "analytic":
+        if self.kl == "analytic" and self.bound == "elbo":
+            if not q.has_rsample:
+                raise ValueError(
+                    f"{type(q).__name__} has no rsample: use a score-function estimator"
+                )
+            z = q.rsample((self.k,))  # (K, B, d)
+            log_lik = model.likelihood(z).log_prob(x)  # (K, B)
             kl = kl_divergence(q, model.prior())  # (B,)
-        elif self.kl == "mc":
-            kl = (q.log_prob(z) - model.prior().log_prob(z)).mean(0)  # (K, B) -> (B,)
-        else:
-            kl = torch.zeros_like(log_lik[0])
-        bound = elbo(log_lik) - kl  # for kl="mc" this is elbo(log_w), log_w = log_lik - log q/p
+            return self._elbo(model, q, log_lik, kl, kl_weight)
+        z, log_q = rsample_and_log_prob(q, self.k)  # (K, B, d), (K, B)
+        log_lik = model.likelihood(z).log_prob(x)  # (K, B)
+        if self.kl == "none":
+            return self._elbo(model, q, log_lik, torch.zeros_like(log_lik[0]), kl_weight)
+        log_ratio = model.prior().log_prob(z) - log_q  # (K, B): log p(z) - log q(z | x)
+        if self.bound == "elbo":
+            return self._elbo(model, q, log_lik, -log_ratio.mean(0), kl_weight)
+        bound = iwae(log_lik + log_ratio)  # (B,)
         surrogate = bound
         if kl_weight != 1.0:
-            annealed = elbo(log_lik) - kl_weight * kl
+            annealed = iwae(log_lik + kl_weight * log_ratio)
+            surrogate = bound.detach() + (annealed - annealed.detach())
+        return Estimate(bound, surrogate, log_lik.mean(0), -log_ratio.mean(0))
+
+    def _elbo(
+        self,
+        model: DeepLatentModel,
+        q: Distribution,
+        log_lik: torch.Tensor,
+        kl: torch.Tensor,
+        kl_weight: float,
+    ) -> Estimate:
+        bound = elbo(log_lik) - kl  # for kl="mc" this is elbo(log_w)
+        surrogate = bound
+        if kl_weight != 1.0 or self.free_bits > 0:
+            kl_term = kl
+            if self.free_bits > 0:
+                kl_term = free_bits_kl(q, model.prior(), kl, self.free_bits)
+            annealed = elbo(log_lik) - kl_weight * kl_term
             surrogate = bound.detach() + (annealed - annealed.detach())
         return Estimate(bound=bound, surrogate=surrogate, log_lik=log_lik.mean(0), kl=kl)
+
+
+class StickingTheLanding(Estimator):
+    r"""The ELBO's pathwise gradient without the score term ("sticking the landing", Roeder et al.
+    2017): log w_k = log p(x, z_k) - log q_bar(z_k), where q_bar is q with its parameters'
+    gradient stopped, so phi's gradient flows through z only.
+
+    Unbiased for the ELBO's gradient (the dropped term E_q[grad_phi log q] is zero), and its
+    variance vanishes when q is the exact posterior (log w is then constant in z). The KL is
+    always by Monte Carlo. Not valid for the IWAE bound, where it is biased (Tucker et al. 2018).
+    """
+
+    def __init__(self, k: int = 1) -> None:
+        super().__init__(k, "mc")
+
+    def forward(
+        self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
+    ) -> Estimate:
+        z, log_q = rsample_and_log_prob(q, self.k)  # (K, B, d), (K, B)
+        log_q_bar = stop_parameters(q).log_prob(z)  # (K, B): same value, path gradient only
+        log_lik = model.likelihood(z).log_prob(x)  # (K, B)
+        log_prior = model.prior().log_prob(z)  # (K, B)
+        kl = (log_q - log_prior).mean(0)  # (B,)
+        bound = (elbo(log_lik) - kl).detach()
+        annealed = elbo(log_lik + kl_weight * (log_prior - log_q_bar))
+        surrogate = bound + (annealed - annealed.detach())
+        return Estimate(bound, surrogate, log_lik.detach().mean(0), kl.detach())
+
+
+class DReG(Estimator):
+    r"""Doubly reparameterized gradients for the IWAE bound (Tucker et al. 2018, eq. 5).
+
+    The decoder's gradient is the IWAE gradient sum_k w~_k grad_theta log w_k; the encoder's is
+        sum_k w~_k^2  (d log w_k / d z_k)  (d z_k / d phi),   w~_k = w_k / sum_j w_j,
+    with log w_k = log p(x, z_k) - log q_bar(z_k) (q's parameters stopped). A hook on z scales the
+    gradient reaching z_k (and so phi) by w~_k on top of the surrogate's weight w~_k. Unbiased for
+    the IWAE bound's gradient, and its encoder gradient does not lose its signal-to-noise ratio as
+    K grows. With K = 1 it is :class:`StickingTheLanding`.
+    """
+
+    def __init__(self, k: int = 1) -> None:
+        super().__init__(k, "mc")
+
+    def forward(
+        self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
+    ) -> Estimate:
+        z, log_q = rsample_and_log_prob(q, self.k)  # (K, B, d), (K, B)
+        log_q_bar = stop_parameters(q).log_prob(z)  # (K, B)
+        log_lik = model.likelihood(z).log_prob(x)  # (K, B)
+        log_prior = model.prior().log_prob(z)  # (K, B)
+        log_ratio = log_prior - log_q  # (K, B)
+        bound = iwae(log_lik + log_ratio).detach()  # (B,)
+        log_w = log_lik + kl_weight * (log_prior - log_q_bar)  # (K, B), annealed if beta < 1
+        weights = torch.softmax(log_w.detach(), 0)  # (K, B): w~_k
+        if z.requires_grad:
+            z.register_hook(lambda grad: grad * weights.unsqueeze(-1))  # (K, B, d)
+        weighted = (weights * log_w).sum(0)  # (B,): the value is not the bound; gradient only
+        surrogate = bound + (weighted - weighted.detach())
+        return Estimate(bound, surrogate, log_lik.detach().mean(0), -log_ratio.detach().mean(0))
 
 
 class ScoreFunction(Estimator):

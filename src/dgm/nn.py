@@ -44,3 +44,62 @@ class MLP(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Act on the last dimension; leading ones pass through: (..., in) -> (..., out)."""
         return super().forward(x)
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    r"""A masked autoencoder for distribution estimation (Germain et al. 2015) with a context input
+    (Kingma et al. 2016): ``n_out`` outputs per input dimension, output i (in the ordering)
+    depends on inputs ordered before i and on the context h only.
+
+    Shapes: ``forward(z, h)`` with z (..., B, d), h (B, C) -> (..., B, d, n_out)... laid out as
+    n_out tensors (..., B, d). ``reverse`` orders the dimensions d, ..., 1 instead of 1, ..., d.
+
+    >>> made = MADE(3, [8], context_dim=2)
+    >>> m, s = made(torch.zeros(5, 3), torch.zeros(5, 2))
+    """
+
+    def __init__(
+        self,
+        d: int,
+        hidden: Sequence[int],
+        context_dim: int,
+        n_out: int = 2,
+        reverse: bool = False,
+        activation: str = "elu",
+    ) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("MADE needs at least one hidden layer")
+        degrees_in = torch.arange(1, d + 1)
+        if reverse:
+            degrees_in = degrees_in.flip(0)
+        self.register_buffer("degrees", degrees_in, persistent=False)
+        layers: list[nn.Module] = []
+        prev = degrees_in
+        for width in hidden:
+            deg = torch.arange(width) % max(1, d - 1) + 1  # in [1, d - 1]
+            layers.append(MaskedLinear(len(prev), width, (deg[:, None] >= prev[None, :]).float()))
+            prev = deg
+        self.hidden = nn.ModuleList(layers)
+        self.context = nn.Linear(context_dim, hidden[0])
+        deg_out = degrees_in.repeat(n_out)  # output j * d + i has input i's degree
+        self.out = MaskedLinear(len(prev), n_out * d, (deg_out[:, None] > prev[None, :]).float())
+        self.act = ACTIVATIONS[activation]()
+        self.n_out = n_out
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a = self.act(self.hidden[0](z) + self.context(h))  # (..., B, H): h broadcasts over K
+        for layer in self.hidden[1:]:
+            a = self.act(layer(a))
+        return self.out(a).chunk(self.n_out, dim=-1)

@@ -10,7 +10,7 @@ from dgm.models.likelihoods import (
     Likelihood,
 )
 from dgm.models.ppca import PPCA
-from dgm.models.prior import StandardNormalPrior
+from dgm.models.prior import HierarchicalPrior, StandardNormalPrior
 
 __all__ = [
     "BernoulliLikelihood",
@@ -18,6 +18,7 @@ __all__ = [
     "GaussianLikelihood",
     "IsotropicGaussianLikelihood",
     "GaussianMixture",
+    "HierarchicalPrior",
     "LearnedGaussianLikelihood",
     "Likelihood",
     "PPCA",

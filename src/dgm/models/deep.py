@@ -7,7 +7,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from dgm.models.likelihoods import Likelihood
-from dgm.models.prior import StandardNormalPrior
+from dgm.models.prior import HierarchicalPrior, StandardNormalPrior
 
 
 class DeepLatentModel(nn.Module):
@@ -23,13 +23,19 @@ class DeepLatentModel(nn.Module):
     """
 
     def __init__(
-        self, prior: StandardNormalPrior, decoder: nn.Module, likelihood: Likelihood, data_dim: int
+        self,
+        prior: StandardNormalPrior | HierarchicalPrior,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        data_dim: int,
     ) -> None:
         super().__init__()
         self.p_z = prior
         self.decoder = decoder
         self.head = likelihood
         self.latent_dim = prior.latent_dim
+        # with several stochastic layers z = [z_1, ..., z_L] and the decoder reads z_1 only
+        self.bottom_dim = getattr(prior, "bottom_dim", prior.latent_dim)
         self.data_dim = data_dim
 
     @torch.no_grad()
@@ -42,6 +48,8 @@ class DeepLatentModel(nn.Module):
         return self.p_z()
 
     def likelihood(self, z: torch.Tensor) -> Distribution:
+        if self.bottom_dim != self.latent_dim:
+            z = z[..., : self.bottom_dim]  # z_1, the layer next to x
         return self.head(self.decoder(z))
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
+from dgm.models.chain import ConditionalGaussian, GaussianChain
+
 
 class StandardNormalPrior(nn.Module):
     r"""p(z) = N(z; 0, I) over ``latent_dim`` dimensions (event shape (latent_dim,))."""
@@ -21,3 +23,27 @@ class StandardNormalPrior(nn.Module):
         return Independent(
             Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False
         )
+
+
+class HierarchicalPrior(nn.Module):
+    r"""p(z_1, ..., z_L) = N(z_L; 0, I) p(z_{L-1} | z_L) ... p(z_1 | z_2), each conditional a
+    diagonal Gaussian whose (mu, log sigma) an MLP computes from the layer above (Burda et al.
+    2015, section 5). The sample is laid out z_1 first (the layer the decoder reads).
+
+    Args:
+        sizes: (d_1, ..., d_L), bottom to top.
+        nets: for i = 1..L-1, a network (..., d_{i+1}) -> (..., 2 d_i).
+    """
+
+    def __init__(self, sizes: list[int], nets: list[nn.Module]) -> None:
+        super().__init__()
+        if len(nets) != len(sizes) - 1:
+            raise ValueError(f"{len(sizes)} layers need {len(sizes) - 1} conditionals")
+        self.sizes = list(sizes)
+        self.top = StandardNormalPrior(sizes[-1])
+        self.conditionals = nn.ModuleList(ConditionalGaussian(n) for n in reversed(nets))
+        self.latent_dim = sum(sizes)
+        self.bottom_dim = sizes[0]
+
+    def forward(self) -> Distribution:
+        return GaussianChain(self.top(), list(self.conditionals), self.sizes[::-1], reverse=True)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
+from dgm.models.chain import ConditionalGaussian, GaussianChain
 from dgm.variational.point_mass import PointMass
 
 
@@ -44,3 +45,24 @@ class DeterministicEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> Distribution:
         return PointMass(self.net(x))  # batch (B,), event (d,)
+
+
+class HierarchicalEncoder(nn.Module):
+    r"""q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1}), each a diagonal Gaussian from an MLP of the
+    layer below (Burda et al. 2015, section 5), as one distribution over [z_1, ..., z_L].
+
+    Args:
+        net: x (B, D) -> (B, 2 d_1), as :class:`GaussianEncoder`'s.
+        nets: for i = 2..L, z_{i-1} (..., d_{i-1}) -> (..., 2 d_i).
+        sizes: (d_1, ..., d_L).
+    """
+
+    def __init__(self, net: nn.Module, nets: list[nn.Module], sizes: list[int]) -> None:
+        super().__init__()
+        self.first = GaussianEncoder(net, sizes[0])
+        self.conditionals = nn.ModuleList(ConditionalGaussian(n) for n in nets)
+        self.sizes = list(sizes)
+        self.latent_dim = sum(sizes)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> Distribution:
+        return GaussianChain(self.first(x), list(self.conditionals), self.sizes)
