@@ -19,7 +19,19 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
         str,
         "vae (variational Bayes), ae (plain autoencoder), ppca or gmm (exact EM)",
     ),
-    "estimator": ("objective.estimator", str, "reparam, score or score-baseline"),
+    "objective": ("objective.bound", str, "elbo or iwae (Burda et al. 2015), with --k samples"),
+    "estimator": (
+        "objective.estimator",
+        str,
+        "reparam, score, score-baseline, stl (ELBO) or dreg (IWAE)",
+    ),
+    "posterior": (
+        "model.posterior",
+        str,
+        "gaussian, or a flow from the encoder: planar:L, radial:L, iaf:L, sylvester:L",
+    ),
+    "free_bits": ("objective.free_bits", float, "nats per latent unit below which the KL is free"),
+    "kl_warmup": ("objective.kl_warmup_epochs", float, "epochs of linear KL warm-up (0 to 1)"),
     "baseline": (
         "objective.baseline",
         str,
@@ -46,8 +58,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "lr": ("train.lr", float, "Adam learning rate"),
     "seed": ("train.seed", int, "random seed (same seed and settings, same numbers on CPU)"),
     "binarize": ("data.binarize", str, "dynamic, static or none"),
-    "kl": ("objective.kl", str, "analytic (closed form) or mc (Monte Carlo)"),
-    "k": ("objective.k", int, "samples of z per example in the training ELBO"),
+    "kl": ("objective.kl", str, "auto, analytic (closed form) or mc (Monte Carlo)"),
+    "k": ("objective.k", int, "samples of z per example in the training bound"),
     "device": ("train.device", str, "auto, cpu, cuda, cuda:N"),
     "train_limit": ("data.train_limit", int, "use only the first N training examples"),
     "test_limit": ("data.test_limit", int, "use only the first N test examples"),
@@ -81,7 +93,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_epoch(m: dict[str, Any]) -> None:
     parts = [f"epoch {m['epoch']:>3}"]
-    for key in ("train_elbo", "test_elbo", "train_log_lik", "test_log_lik", "test_kl"):
+    keys = ("train_elbo", "test_elbo", "train_iwae", "test_iwae", "train_log_lik", "test_log_lik")
+    for key in (*keys, "test_kl"):
         if key in m:
             parts.append(f"{key} {m[key]:.2f}")
     parts.append(f"{m['images_per_s']:.0f} img/s")
@@ -212,7 +225,7 @@ def _eval_classical(args: argparse.Namespace, run_dir: Path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from dgm.evaluate import importance_log_likelihood
+    from dgm.evaluate import active_units, importance_log_likelihood
     from dgm.train.files import atomic_write_text
     from dgm.train.run import load_trained
 
@@ -239,6 +252,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             trainer.model, posterior, x, args.k, on_batch=lambda n: bar.update(n - bar.n)
         )
     summary: dict[str, Any] = {**result.summary(), "epoch": trainer.epoch}
+    units = active_units(posterior, x)
+    summary["active_units"] = units["active_units"]
+    summary["active_units_per_layer"] = units["active_units_per_layer"]
+    summary["latent_units"] = units["latent_units"]
     summary["seconds"] = time.perf_counter() - start
     atomic_write_text(run_dir / f"eval-k{args.k}.json", json.dumps(summary, indent=2) + "\n")
     if args.json:
@@ -248,6 +265,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(
             f"test log p(x)        {summary['log_likelihood']:.2f} "
             f"{_pm(summary['log_likelihood_stderr'])} nats (k = {args.k}, n = {summary['n']})"
+        )
+        layers = summary["active_units_per_layer"]
+        per_layer = f" (per layer: {', '.join(map(str, layers))})" if len(layers) > 1 else ""
+        print(
+            f"active units         {summary['active_units']} of {summary['latent_units']}"
+            f"{per_layer} (Var_x E_q[z_u] > 0.01)"
         )
         print(f"time                 {summary['seconds']:.1f} s")
     return 0

@@ -1,13 +1,15 @@
-r"""Evaluation: the importance-sampled log-likelihood and the ELBO on held-out data."""
+r"""Evaluation: importance-sampled log-likelihood, ELBO and active units on held-out data."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.distributions import Distribution
 
 from dgm.models import DeepLatentModel
 
@@ -43,6 +45,50 @@ class LogLikelihood:
             "k": self.k,
             "n": n,
         }
+
+
+def sample_and_log_prob(q: Distribution, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k draws z (k, B, d) and log q(z | x) (k, B), without gradient; a flow gives both at once."""
+    with torch.no_grad():
+        if hasattr(q, "rsample_and_log_prob"):
+            return q.rsample_and_log_prob((k,))
+        z = q.sample((k,))
+        return z, q.log_prob(z)
+
+
+@torch.no_grad()
+def posterior_mean(q: Distribution, samples: int = 100) -> torch.Tensor:
+    """E_q[z] (B, d): in closed form when the distribution has one, else a Monte Carlo average."""
+    try:
+        return q.mean
+    except NotImplementedError:
+        return sample_and_log_prob(q, samples)[0].mean(0)
+
+
+@torch.inference_mode()
+def active_units(
+    posterior: nn.Module, x: torch.Tensor, *, threshold: float = 0.01, batch_size: int = 1000
+) -> dict[str, Any]:
+    r"""Burda et al. (2015, section 5.2): latent unit u is active when A_u = Var_x(E_q[z_u | x])
+    exceeds ``threshold`` (0.01). Returns the count, the count per stochastic layer (for a
+    posterior that has ``sizes``) and A_u per unit, over the rows of x (N, D).
+    """
+    means = torch.cat(
+        [
+            posterior_mean(posterior(x_b, torch.arange(s, s + x_b.shape[0], device=x.device)))
+            for s, x_b in zip(range(0, x.shape[0], batch_size), x.split(batch_size), strict=True)
+        ]
+    )  # (N, d)
+    activity = means.double().var(0, correction=0)  # (d,); defined for one example too
+    active = activity > threshold
+    sizes = list(getattr(posterior, "sizes", [activity.numel()]))
+    per_layer = [int(a.sum()) for a in active.split(sizes)]
+    return {
+        "active_units": int(active.sum()),
+        "active_units_per_layer": per_layer,
+        "latent_units": int(activity.numel()),
+        "unit_activity": activity.tolist(),
+    }
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -83,8 +129,8 @@ def importance_log_likelihood(
         running_lse = torch.full((b,), float("-inf"), device=x.device, dtype=x.dtype)
         running_sum = torch.zeros(b, device=x.device, dtype=torch.float64)
         for _, kc in _chunks(k, k_chunk):
-            z = q.sample((kc,))  # (kc, B, d)
-            log_w = model.log_joint(x_b, z) - q.log_prob(z)  # (kc, B)
+            z, log_q = sample_and_log_prob(q, kc)  # (kc, B, d), (kc, B)
+            log_w = model.log_joint(x_b, z) - log_q  # (kc, B)
             running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, 0))
             running_sum += log_w.double().sum(0)
         log_px.append(running_lse - math.log(k))

@@ -94,7 +94,7 @@ def save_curves(metrics_path: Path, path: Path) -> None:
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
-    keys = [k for k in ("train_elbo", "test_elbo") if k in rows[0]]
+    keys = [k for k in ("train_elbo", "test_elbo", "train_iwae", "test_iwae") if k in rows[0]]
     keys = keys or [k for k in ("train_log_lik", "test_log_lik") if k in rows[0]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for k in keys:

@@ -173,6 +173,11 @@ class Trainer:
         self.lr_scale = 1.0
 
     @property
+    def bound_name(self) -> str:
+        """``elbo`` or ``iwae``: the name of the training bound in the metrics."""
+        return self.config.objective.bound
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
@@ -230,7 +235,7 @@ class Trainer:
                 totals += batch.double()
             n += x.shape[0]
             if progress and (i % 50 == 0 or i == len(self.batches) - 1):
-                bar.set_postfix(elbo=f"{totals[0].item() / n:.2f}", refresh=False)
+                bar.set_postfix({self.bound_name: f"{totals[0].item() / n:.2f}"}, refresh=False)
             bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - start
@@ -238,7 +243,7 @@ class Trainer:
         bound, log_lik, kl = (totals / max(n, 1)).tolist()
         out = {"train_log_lik": log_lik, "train_kl": kl}
         if self.config.model.kind == "vae":
-            out["train_elbo"] = bound
+            out[f"train_{self.bound_name}"] = bound
         out["lr"] = lr
         out["skipped_steps"] = skipped
         out["epoch_time_s"] = elapsed
@@ -338,7 +343,7 @@ class Trainer:
         bound, log_lik, kl = (totals / x.shape[0]).tolist()
         out = {"test_log_lik": log_lik, "test_kl": kl}
         if self.config.model.kind == "vae":
-            out["test_elbo"] = bound
+            out[f"test_{self.bound_name}"] = bound
         return out
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 
 from dgm.config import CLASSICAL, Config, load_run_config, save_config
 from dgm.errors import UsageError
+from dgm.evaluate import posterior_mean
 from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint
 from dgm.train.files import atomic_write_text
@@ -205,7 +206,7 @@ def _write_figures(trainer: Trainer, posterior: torch.nn.Module, x: torch.Tensor
         shape,
     )
     index = torch.arange(x.shape[0], device=x.device)
-    x_rec = model.likelihood(posterior(x, index).mean).mean  # decode the posterior mean
+    x_rec = model.likelihood(posterior_mean(posterior(x, index))).mean  # decode E_q[z]
     save_reconstructions(x, x_rec, run_dir / "reconstructions.png", shape)
     if (run_dir / METRICS).exists():
         save_curves(run_dir / METRICS, run_dir / "curves.png")
