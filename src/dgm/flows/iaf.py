@@ -39,10 +39,13 @@ class IAFStep(nn.Module):
 
     @torch.no_grad()
     def inverse(self, z_new: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """d passes: after pass i the first i dimensions (in the flow's order) are exact."""
+        """d passes: pass i solves dimension i (in the flow's order), whose (m_i, s_i) depend only
+        on dimensions already solved. Only that dimension is written: the others stay finite (at
+        z'), since a provisional value from the update could overflow, and the masked weights'
+        0 * inf = nan would then reach the solved dimensions too."""
         z = z_new.clone()
-        for _ in range(z.shape[-1]):
+        for i in self.made.degrees.argsort().tolist():  # dimensions in the flow's order
             m, s = self.made(z, h)
-            sigma = torch.sigmoid(s + self.forget_bias)
-            z = (z_new - (1.0 - sigma) * m) / sigma
+            sigma = torch.sigmoid(s[..., i] + self.forget_bias)
+            z[..., i] = (z_new[..., i] - (1.0 - sigma) * m[..., i]) / sigma
         return z

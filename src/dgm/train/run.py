@@ -222,3 +222,30 @@ def load_trained(run_dir: Path, device: str | None = None, limit: int | None = N
     trainer = Trainer(config, run_dir)
     trainer.restore(weights_only=True)
     return trainer
+
+
+def train_or_resume(
+    config: Config,
+    run_dir: Path,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop_on_signals: bool = True,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Bring the run in ``run_dir`` to ``config.train.epochs``: start it, resume it from its last
+    checkpoint, or (already finished) leave it alone; a run directory whose saved config differs
+    from ``config`` is refused, never overwritten. Returns the run's metrics and the signal that
+    stopped it early (None when it finished). For benchmarks that must survive interruption.
+    """
+    done = latest_checkpoint(run_dir / "checkpoints")
+    if holds_run(run_dir) and load_run_config(run_dir / CONFIG) != config:
+        raise UsageError(
+            f"{run_dir}: holds a run with another configuration; use another directory"
+        )
+    if done is not None and load_checkpoint(done).epoch >= config.train.epochs:
+        return read_metrics(run_dir), None
+    if done is None:  # new, or stopped before its first checkpoint: nothing to keep
+        prepare_new_run(config, run_dir, force=True)
+    trainer = train_run(
+        config, run_dir, resume=done is not None, on_epoch=on_epoch, stop_on_signals=stop_on_signals
+    )
+    return read_metrics(run_dir), trainer.stop_signal
