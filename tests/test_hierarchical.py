@@ -69,6 +69,8 @@ def test_chain_log_prob_is_the_sum_of_its_factors(two_layer):
     top = Independent(Normal(torch.zeros(D2).double(), torch.ones(D2).double()), 1)
     expected = top.log_prob(z2) + model.p_z.conditionals[0](z2).log_prob(z1)
     assert torch.allclose(p.log_prob(z), expected, atol=1e-12)
+    z_, log_q = q.rsample_and_log_prob((4,))  # one pass down the chain: the same density
+    assert torch.allclose(log_q, q.log_prob(z_), atol=1e-12)
     # the decoder reads z1 only
     assert torch.allclose(model.likelihood(z).mean, model.decoder(z1))
 

@@ -39,13 +39,13 @@ class IAFStep(nn.Module):
 
     @torch.no_grad()
     def inverse(self, z_new: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """d passes: pass i solves dimension i (in the flow's order), whose (m_i, s_i) depend only
-        on dimensions already solved. Only that dimension is written: the others stay finite (at
-        z'), since a provisional value from the update could overflow, and the masked weights'
+        """d passes: pass k solves the dimension of degree k (the k-th in the flow's order), whose
+        (m, s) depend only on dimensions already solved. Only that dimension is updated: the others
+        stay finite (at z'), since a provisional value could overflow and the masked weights'
         0 * inf = nan would then reach the solved dimensions too."""
-        z = z_new.clone()
-        for i in self.made.degrees.argsort().tolist():  # dimensions in the flow's order
+        z = z_new
+        for k in range(1, z_new.shape[-1] + 1):
             m, s = self.made(z, h)
-            sigma = torch.sigmoid(s[..., i] + self.forget_bias)
-            z[..., i] = (z_new[..., i] - (1.0 - sigma) * m[..., i]) / sigma
+            sigma = torch.sigmoid(s + self.forget_bias)
+            z = torch.where(self.made.degrees == k, (z_new - (1.0 - sigma) * m) / sigma, z)
         return z

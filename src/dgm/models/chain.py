@@ -77,11 +77,21 @@ class GaussianChain(Distribution):
         blocks = list(z.split(sizes, dim=-1))
         return blocks[::-1] if self.reverse else blocks
 
-    def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
-        blocks = [self.first.rsample(sample_shape)]
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size = _EMPTY
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A draw and its log-density in one pass down the chain (each network runs once)."""
+        block = self.first.rsample(sample_shape)
+        blocks, log_p = [block], self.first.log_prob(block)
         for conditional in self.conditionals:
-            blocks.append(conditional(blocks[-1]).rsample())
-        return self._join(blocks)
+            factor = conditional(blocks[-1])
+            block = factor.rsample()
+            blocks.append(block)
+            log_p = log_p + factor.log_prob(block)
+        return self._join(blocks), log_p
+
+    def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
+        return self.rsample_and_log_prob(sample_shape)[0]
 
     def sample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         with torch.no_grad():
