@@ -306,3 +306,49 @@ def test_a_truncated_checkpoint_file_is_refused_naming_it(tmp_path, target):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=target):
         Trainer(config, tmp_path / "run").restore()
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from dgm.train.files import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_two_processes_never_train_one_run(tmp_path, capsys):
+    """While another process holds RUN_DIR's lock (as a training process does), resuming the run
+    or replacing it with --force is refused in one line, and the run's files are untouched; the
+    lock goes with the process."""
+    import subprocess
+    import sys
+
+    from dgm.cli import main
+    from dgm.errors import UsageError
+    from dgm.train.files import run_lock
+    from dgm.train.run import prepare_new_run, train_run
+
+    run_dir = tmp_path / "run"
+    config = small_config(**{"train.epochs": 1})
+    prepare_new_run(config, run_dir)
+    train_run(config, run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "another process is training" in err and err.count("\n") == 1
+        with pytest.raises(UsageError, match="another process"):
+            prepare_new_run(config, run_dir, force=True)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    with run_lock(run_dir):  # released with the process
+        pass

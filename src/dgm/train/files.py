@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -48,3 +49,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (``run_dir/.lock``, flock) while training it, so that
+    two processes never train the same run at once. The kernel drops the lock when the process
+    ends, however it ends (even SIGKILL): a stale lock file is harmless."""
+    import fcntl
+
+    from dgm.errors import UsageError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"{run_dir}: another process is training this run (it holds {run_dir}/.lock)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -25,7 +25,7 @@ from dgm.errors import UsageError
 from dgm.evaluate import posterior_mean
 from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint
-from dgm.train.files import atomic_write_text
+from dgm.train.files import atomic_write_text, run_lock
 from dgm.train.loop import Trainer
 
 CONFIG = "config.json"
@@ -69,11 +69,12 @@ def prepare_new_run(config: Config, run_dir: Path, force: bool = False) -> None:
     """Create ``run_dir`` for a new run; refuse to overwrite an existing run without ``force``."""
     check_new_run(run_dir, force)
     if holds_run(run_dir):
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for p in run_dir.glob("eval-k*.json"):
-            p.unlink()
+        with run_lock(run_dir):  # never delete a run that another process is training
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            for p in run_dir.glob("eval-k*.json"):
+                p.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG)
@@ -154,6 +155,19 @@ def train_run(
     With ``stop_on_signals``, SIGINT/SIGTERM stop the run cleanly after the current epoch's
     checkpoint (see :meth:`Trainer.stop_on_signals`); ``trainer.stop_signal`` then says which.
     """
+    with run_lock(run_dir):
+        return _train_run(config, run_dir, resume, progress, on_epoch, trainer, stop_on_signals)
+
+
+def _train_run(
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    trainer: Trainer | None,
+    stop_on_signals: bool,
+) -> Trainer:
     trainer = trainer or Trainer(config, run_dir)
     if resume:
         path = latest_checkpoint(trainer.checkpoint_dir)
