@@ -30,10 +30,15 @@ def test_gradvar_json_reports_every_estimator_and_k(trained, capsys):
     seen = {(r["estimator"], r["baseline"], r["k"]) for r in records}
     assert ("reparam", None, 1) in seen and ("score", None, 4) in seen
     assert ("score-baseline", "loo", 4) in seen and ("score-baseline", "loo", 1) not in seen
+    assert {("stl", 1), ("iwae", 4), ("dreg", 4)} <= {(r["estimator"], r["k"]) for r in records}
     for r in records:
-        assert r["variance"] > 0 and math.isfinite(r["snr"]) and r["snr_common"] > 0
+        assert r["variance"] > 0 and math.isfinite(r["snr"])
+        iwae_bound = r["estimator"] in ("iwae", "dreg")
+        assert (r["snr_common"] is None) if iwae_bound else (r["snr_common"] > 0)
         if r["estimator"] == "reparam":
             assert r["variance_ratio_to_reparam"] == 1.0
+        if r["estimator"] == "iwae":
+            assert r["variance_ratio_to_iwae"] == 1.0
         if r["estimator"] == "score":  # the naive estimator: far noisier, even on 10 digits
             assert r["variance_ratio_to_reparam"] > 10
     assert (trained / "gradvar.png").exists() and (trained / "gradvar.json").exists()
@@ -83,7 +88,8 @@ def test_local_inference_and_score_estimator_from_the_cli(tmp_path, capsys):
     )  # fmt: skip
     summary = json.loads(out)
     assert code == 0 and summary["parameters"] == "per-datapoint tables"
-    assert {r["estimator"] for r in summary["results"]} == {"reparam", "score", "score-baseline"}
+    estimators = {r["estimator"] for r in summary["results"]}
+    assert estimators == {"reparam", "score", "score-baseline", "stl", "iwae", "dreg"}
 
 
 @pytest.mark.parametrize(

@@ -369,10 +369,12 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
         if not args.json:
             name = r["estimator"] + (f" + {r['baseline']}" if r["baseline"] else "")
             ratio = r["variance_ratio_to_reparam"]
+            vs_iwae = r.get("variance_ratio_to_iwae")
             print(
                 f"K={r['k']:<4} {name:<26} variance {r['variance']:.4g} "
                 f"(± {r['variance_se']:.2g})  ||E g||^2 {r['mean_sq_norm']:.3g}  "
-                f"SNR {r['snr']:.3g}  x reparam {ratio:.3g}",
+                f"SNR {r['snr']:.3g}  x reparam {ratio:.3g}"
+                + (f"  x iwae {vs_iwae:.3g}" if vs_iwae is not None and name == "dreg" else ""),
                 flush=True,
             )
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from dgm.baselines import LeaveOneOut
 from dgm.estep import frozen
-from dgm.estimators import Estimator, Reparameterized, ScoreFunction
+from dgm.estimators import DReG, Estimator, Reparameterized, ScoreFunction, StickingTheLanding
 
 
 @dataclass
@@ -154,7 +154,25 @@ VARIANTS: tuple[tuple[str, str | None], ...] = (
     ("score-baseline", "running"),
     ("score-baseline", "learned"),
     ("score-baseline", "loo"),
+    ("stl", None),
+    ("iwae", None),  # the IWAE bound's plain pathwise gradient
+    ("dreg", None),  # the IWAE bound's doubly reparameterized gradient
 )
+
+#: variants that estimate the gradient of the IWAE bound (the others: the ELBO's)
+IWAE_VARIANTS = ("iwae", "dreg")
+
+
+def _estimator(name: str, baseline: nn.Module | None, k: int) -> Estimator:
+    if name == "reparam":
+        return Reparameterized(k=k)
+    if name == "stl":
+        return StickingTheLanding(k=k)
+    if name == "iwae":
+        return Reparameterized(k=k, kl="mc", bound="iwae")
+    if name == "dreg":
+        return DReG(k=k)
+    return ScoreFunction(k=k, baseline=baseline)
 
 
 def compare_estimators(
@@ -181,17 +199,15 @@ def compare_estimators(
     for k in ks:
         reparam_var: float | None = None
         reparam_mean_sq = 0.0
+        iwae_var = 0.0
         for estimator_name, baseline_name in variants:
             if baseline_name == "loo" and k < 2:
                 continue
-            if estimator_name == "reparam":
-                est: Estimator = Reparameterized(k=k)
+            if baseline_name == "loo":
+                baseline: nn.Module | None = LeaveOneOut()
             else:
-                if baseline_name == "loo":
-                    baseline: nn.Module | None = LeaveOneOut()
-                else:
-                    baseline = baselines[baseline_name] if baseline_name else None
-                est = ScoreFunction(k=k, baseline=baseline)
+                baseline = baselines[baseline_name] if baseline_name else None
+            est = _estimator(estimator_name, baseline, k)
             with frozen(model):
                 stats = gradient_variance(est, model, posterior, x, params, repeats, index)
             if estimator_name == "reparam":
@@ -209,6 +225,12 @@ def compare_estimators(
                 if reparam_var is not None and stats.variance > 0
                 else None
             )
+            if estimator_name == "iwae":
+                iwae_var = stats.variance
+            if estimator_name in IWAE_VARIANTS:  # another gradient: compare with the IWAE's
+                record["bound"] = "iwae"
+                record["variance_ratio_to_iwae"] = stats.variance / iwae_var if iwae_var else None
+                record["snr_common"] = None  # its own mean, ``snr``, is the one to read
             records.append(record)
             if on_record is not None:
                 on_record(record)
