@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from dgm.train.run import read_metrics
 from tests.test_cli import SMALL, run
 
 
@@ -173,3 +174,36 @@ def test_more_bad_input_is_one_line_and_leaves_nothing(trained, tmp_path, capsys
     assert (run_dir / "metrics.jsonl").read_bytes() == before  # the fit is untouched
     code, out, _ = run(capsys, "eval", str(trained), "--k", "5", "--limit", "1", "--quiet")
     assert code == 0 and "no standard error" in out
+
+
+def test_iwae_flows_and_two_layers_from_the_cli(tmp_path, capsys):
+    """--objective iwae with a flow posterior, and a two-layer DReG run, train, resume and
+    evaluate from the CLI (active units per layer); gradvar and gap, which measure a one-layer
+    diagonal Gaussian, refuse them in one line."""
+    small = ["--train-limit", "200", "--test-limit", "20", "--device", "cpu", "--quiet"]
+    flow = tmp_path / "flow"
+    code, out, _ = run(
+        capsys, "train", "--posterior", "sylvester:2", "--objective", "iwae", "--k", "3",
+        "--epochs", "1", "--out", str(flow), *small,
+    )  # fmt: skip
+    assert code == 0 and "test_iwae" in out
+    code, out, _ = run(capsys, "eval", str(flow), "--k", "20", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["latent_units"] == 50 and summary["log_likelihood"] < 0
+    two = tmp_path / "two"
+    code, _, _ = run(
+        capsys, "train", "--objective", "iwae", "--estimator", "dreg", "--k", "2", "--latent-dim",
+        "8", "--set", "model.upper=[{latent_dim = 4, hidden = [16]}]", "--epochs", "1",
+        "--out", str(two), *small,
+    )  # fmt: skip
+    assert code == 0
+    code, _, _ = run(capsys, "train", "--resume", str(two), "--epochs", "2", "--quiet")
+    assert code == 0 and len(read_metrics(two)) == 2
+    code, out, _ = run(capsys, "eval", str(two), "--k", "10", "--json")
+    assert code == 0 and len(json.loads(out)["active_units_per_layer"]) == 2
+    for argv, match in [
+        (["gradvar", str(flow), "--k", "1"], "posterior 'sylvester:2'"),
+        (["gap", str(two)], "2 stochastic layers"),
+    ]:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and match in err and err.count("\n") == 1, (argv, err)

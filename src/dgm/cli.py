@@ -281,6 +281,20 @@ def _pm(se: float | None) -> str:
     return f"± {se:.2f}" if se is not None else "(one example: no standard error)"
 
 
+def _require_diagonal_gaussian(config: Any, where: Path, what: str) -> None:
+    """gradvar and gap measure a single-layer diagonal-Gaussian q (the lecture's family)."""
+    if config.model.posterior != "gaussian" or config.model.upper:
+        family = (
+            f"posterior '{config.model.posterior}'"
+            if config.model.posterior != "gaussian"
+            else f"{1 + len(config.model.upper)} stochastic layers"
+        )
+        raise UsageError(
+            f"{where}: {what} is measured for one stochastic layer with a diagonal-Gaussian q; "
+            f"this run has {family}"
+        )
+
+
 def _load_for_measurement(target: Path, device: str | None, epoch: int | None = None):
     """A trained run's latest (or ``epoch``'s) checkpoint, or (a TOML config) the model at
     initialization."""
@@ -293,6 +307,7 @@ def _load_for_measurement(target: Path, device: str | None, epoch: int | None = 
         if kind != "vae":
             raise UsageError(f"{target}: a '{kind}' run has no variational posterior to measure")
         trainer = load_trained(target, device=device)
+        _require_diagonal_gaussian(trainer.config, target, "gradient variance")
         if epoch is not None:
             path = target / "checkpoints" / f"epoch-{epoch:04d}"
             if not path.is_dir():
@@ -306,6 +321,7 @@ def _load_for_measurement(target: Path, device: str | None, epoch: int | None = 
     config = load_config(target, {"train.device": device} if device else None)
     if config.model.kind != "vae":
         raise UsageError(f"{target}: model.kind must be 'vae' to measure gradient estimators")
+    _require_diagonal_gaussian(config, target, "gradient variance")
     return Trainer(config, Path("unused")), f"{target} at initialization"
 
 
@@ -417,6 +433,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
     if kind != "vae":
         raise UsageError(f"{run_dir}: a '{kind}' run has no encoder whose gaps could be measured")
     trainer = load_trained(run_dir, device=args.device, limit=args.limit)
+    _require_diagonal_gaussian(trainer.config, run_dir, "the amortization gap")
     if trainer.local:
         raise UsageError(
             f"{run_dir}: the amortization gap needs a VAE with an encoder (inference.kind = "
