@@ -62,8 +62,8 @@ class MADE(nn.Module):
     (Kingma et al. 2016): ``n_out`` outputs per input dimension, output i (in the ordering)
     depends on inputs ordered before i and on the context h only.
 
-    Shapes: ``forward(z, h)`` with z (..., B, d), h (B, C) -> (..., B, d, n_out)... laid out as
-    n_out tensors (..., B, d). ``reverse`` orders the dimensions d, ..., 1 instead of 1, ..., d.
+    Shapes: ``forward(z, h)`` with z (..., B, d) and h (B, C) returns ``n_out`` tensors, each
+    (..., B, d). ``reverse`` orders the dimensions d, ..., 1 instead of 1, ..., d.
 
     >>> made = MADE(3, [8], context_dim=2)
     >>> m, s = made(torch.zeros(5, 3), torch.zeros(5, 2))
