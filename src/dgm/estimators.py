@@ -209,7 +209,9 @@ class DReG(Estimator):
     with log w_k = log p(x, z_k) - log q_bar(z_k) (q's parameters stopped). A hook on z scales the
     gradient reaching z_k (and so phi) by w~_k on top of the surrogate's weight w~_k. Unbiased for
     the IWAE bound's gradient, and its encoder gradient does not lose its signal-to-noise ratio as
-    K grows. With K = 1 it is :class:`StickingTheLanding`.
+    K grows. With K = 1 it is :class:`StickingTheLanding`. Under KL warm-up (log w_k =
+    log p(x|z_k) + beta log p(z_k)/q(z_k)) the identity applies to beta's share of the score
+    term only, and the factor becomes w~_k ((1 - beta) + beta w~_k).
     """
 
     def __init__(self, k: int = 1) -> None:
@@ -226,8 +228,11 @@ class DReG(Estimator):
         bound = iwae(log_lik + log_ratio).detach()  # (B,)
         log_w = log_lik + kl_weight * (log_prior - log_q_bar)  # (K, B), annealed if beta < 1
         weights = torch.softmax(log_w.detach(), 0)  # (K, B): w~_k
+        # the path gradient's extra factor: w~_k for the IWAE bound; under warm-up (beta < 1) the
+        # dropped score term is beta's share only, which gives (1 - beta) + beta w~_k
+        factor = (1.0 - kl_weight) + kl_weight * weights  # (K, B)
         if z.requires_grad:
-            z.register_hook(lambda grad: grad * weights.unsqueeze(-1))  # (K, B, d)
+            z.register_hook(lambda grad: grad * factor.unsqueeze(-1))  # (K, B, d)
         weighted = (weights * log_w).sum(0)  # (B,): the value is not the bound; gradient only
         surrogate = bound + (weighted - weighted.detach())
         return Estimate(bound, surrogate, log_lik.detach().mean(0), -log_ratio.detach().mean(0))
