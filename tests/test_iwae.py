@@ -245,9 +245,30 @@ def test_free_bits_stop_the_kl_gradient_of_dimensions_below_the_threshold(lg):
         ({"model.posterior": "maf:2"}, "FLOW:L"),
         ({"objective.free_bits": 0.5, "objective.bound": "iwae"}, "free_bits applies"),
         ({"model.upper": [{"latent_dim": 10}], "inference.kind": "local"}, "amortized"),
+        ({"objective.bound": "iwae", "objective.kl": "analytic"}, "no KL term"),
+        ({"model.kind": "ae", "objective.bound": "iwae"}, "model.kind = 'vae'"),
+        ({"model.posterior": "iaf:99999999999999999999"}, "L <= 128"),
     ],
 )
 def test_invalid_combinations_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_config(None, overrides)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kl"),
+    [
+        ({}, "analytic"),
+        ({"objective.estimator": "score"}, "analytic"),
+        ({"objective.bound": "iwae"}, "mc"),
+        ({"objective.estimator": "stl"}, "mc"),
+        ({"model.posterior": "iaf:2"}, "mc"),
+        ({"model.upper": [{"latent_dim": 4}]}, "mc"),
+        ({"objective.kl": "mc"}, "mc"),
+    ],
+)
+def test_kl_auto_is_the_closed_form_only_where_one_exists(overrides, kl):
+    from dgm.build import resolve_kl
+
+    assert resolve_kl(load_config(None, overrides)) == kl

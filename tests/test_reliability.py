@@ -308,6 +308,8 @@ def test_a_truncated_checkpoint_file_is_refused_naming_it(tmp_path, target):
         Trainer(config, tmp_path / "run").restore()
 
 
+SMALL_ARGS = ["--train-limit", "200", "--test-limit", "50", "--device", "cpu", "--quiet"]
+
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
@@ -342,7 +344,10 @@ def test_two_processes_never_train_one_run(tmp_path, capsys):
         assert holder.stdout.readline().strip() == "held"
         assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert "another process is training" in err and err.count("\n") == 1
+        assert "another process is working on this run" in err and err.count("\n") == 1
+        argv = ["train", "--out", str(run_dir), "--force", "--epochs", "1", *SMALL_ARGS]
+        assert main(argv) == 2
+        assert "another process" in capsys.readouterr().err
         with pytest.raises(UsageError, match="another process"):
             prepare_new_run(config, run_dir, force=True)
     finally:

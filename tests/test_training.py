@@ -183,3 +183,31 @@ def test_autoencoder_baseline_trains_on_reconstruction(tmp_path):
     assert history[-1]["test_kl"] == 0.0
     # Starts at the data's mean image (about -200 nats); reconstruction alone improves fast.
     assert history[-1]["test_log_lik"] > before["test_log_lik"] + 40
+
+
+def test_train_or_resume_starts_continues_and_refuses_another_config(tmp_path):
+    """A benchmark's run: started, then continued from its checkpoint to the same numbers as an
+    uninterrupted run; a finished run is left alone; a different config is refused."""
+    from dgm.errors import UsageError
+    from dgm.train.run import train_or_resume
+
+    config = small_config(**{"train.epochs": 2})
+    straight, _ = train_or_resume(config, tmp_path / "straight")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(m):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_or_resume(config, tmp_path / "split", on_epoch=stop_after_one)
+    split, stopped = train_or_resume(config, tmp_path / "split")
+    assert stopped is None and _numbers(split) == _numbers(straight)
+    before = (tmp_path / "split" / "metrics.jsonl").read_bytes()
+    again, _ = train_or_resume(config, tmp_path / "split")  # finished: nothing to do
+    assert (tmp_path / "split" / "metrics.jsonl").read_bytes() == before and len(again) == 2
+    other = small_config(**{"train.epochs": 2, "train.lr": 5e-4})
+    with pytest.raises(UsageError, match="another configuration"):
+        train_or_resume(other, tmp_path / "split")
+    assert (tmp_path / "split" / "metrics.jsonl").read_bytes() == before

@@ -104,13 +104,8 @@ def _print_epoch(m: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from dgm.config import load_config
     from dgm.train import Trainer
-    from dgm.train.run import (
-        check_new_run,
-        default_run_dir,
-        open_resume,
-        prepare_new_run,
-        train_run,
-    )
+    from dgm.train.files import run_lock
+    from dgm.train.run import check_new_run, default_run_dir, open_resume, prepare_new_run
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -124,16 +119,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--resume: only --epochs may change on resume, not {', '.join(sorted(extra))}"
             )
-        config = open_resume(run_dir, overrides.get("train.epochs"))
-        trainer = Trainer(config, run_dir)
-    else:
-        config = load_config(args.config, overrides)
-        if config.model.kind in CLASSICAL:
-            return _train_classical(args, config)
-        run_dir = Path(args.out) if args.out else default_run_dir(config)
-        check_new_run(run_dir, force=args.force)
-        trainer = Trainer(config, run_dir)  # device and dataset checked before anything is written
+        with run_lock(run_dir, create=False):
+            config = open_resume(run_dir, overrides.get("train.epochs"))
+            trainer = Trainer(config, run_dir)
+            return _train_and_report(config, run_dir, trainer, args)
+    config = load_config(args.config, overrides)
+    if config.model.kind in CLASSICAL:
+        return _train_classical(args, config)
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    check_new_run(run_dir, force=args.force)
+    trainer = Trainer(config, run_dir)  # device and dataset checked before anything is written
+    with run_lock(run_dir):  # from here no other process creates, replaces or trains it
+        check_new_run(run_dir, force=args.force)  # again: another may have started meanwhile
         prepare_new_run(config, run_dir, force=args.force)
+        return _train_and_report(config, run_dir, trainer, args)
+
+
+def _train_and_report(config: Any, run_dir: Path, trainer: Any, args: argparse.Namespace) -> int:
+    from dgm.train.run import train_run
+
     print(f"run directory: {run_dir}", flush=True)
     start = time.perf_counter()
     trainer = train_run(

@@ -51,6 +51,7 @@ class UpperLayer(_Section):
 
 
 POSTERIOR_FLOWS = ("planar", "radial", "iaf", "sylvester")
+MAX_FLOW_STEPS = 128  # the papers use up to 80 planar steps
 
 
 def parse_posterior(text: str) -> tuple[str, int]:
@@ -58,11 +59,11 @@ def parse_posterior(text: str) -> tuple[str, int]:
     name, _, steps = text.partition(":")
     if name == "gaussian" and not steps:
         return name, 0
-    if name in POSTERIOR_FLOWS and steps.isdigit() and int(steps) > 0:
+    if name in POSTERIOR_FLOWS and steps.isdigit() and 0 < int(steps) <= MAX_FLOW_STEPS:
         return name, int(steps)
     raise ValueError(
-        f"expected gaussian or FLOW:L with FLOW one of {', '.join(POSTERIOR_FLOWS)} and L >= 1 "
-        "flow steps, e.g. iaf:4"
+        f"expected gaussian or FLOW:L with FLOW one of {', '.join(POSTERIOR_FLOWS)} and "
+        f"1 <= L <= {MAX_FLOW_STEPS} flow steps, e.g. iaf:4"
     )
 
 
@@ -144,6 +145,10 @@ class ObjectiveConfig(_Section):
             )
         if self.bound == "elbo" and self.estimator == "dreg":
             raise ValueError("estimator = 'dreg' is for bound = 'iwae' (for the ELBO it is 'stl')")
+        if self.bound == "iwae" and self.kl == "analytic":
+            raise ValueError(
+                "bound = 'iwae' works on log-weights, with no KL term: set kl = 'auto' or 'mc'"
+            )
         if self.estimator in ("stl", "dreg") and self.kl == "analytic":
             raise ValueError(
                 f"estimator = '{self.estimator}' works on Monte Carlo log-weights: set kl = 'mc' "
@@ -247,6 +252,13 @@ class Config(_Section):
             raise ValueError(
                 f"model.kind = '{self.model.kind}' has an exact posterior: inference.kind must "
                 "stay 'amortized' (it is not used)"
+            )
+        if self.model.kind == "ae" and (
+            self.objective.bound != "elbo" or self.objective.free_bits > 0
+        ):
+            raise ValueError(
+                "model.kind = 'ae' trains on reconstruction alone: objective.bound = 'iwae' and "
+                "objective.free_bits need model.kind = 'vae'"
             )
         if self.model.kind == "ae" and self.objective.estimator != "reparam":
             raise ValueError(

@@ -51,15 +51,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
 
 
+_HELD: dict[str, int] = {}  # run directories this process has locked, with a nesting count
+
+
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` (``run_dir/.lock``, flock) while training it, so that
-    two processes never train the same run at once. The kernel drops the lock when the process
-    ends, however it ends (even SIGKILL): a stale lock file is harmless."""
+def run_lock(run_dir: Path, create: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (``run_dir/.lock``, flock) while creating, replacing
+    or training the run, so that two processes never work on one run at once. Re-entrant within
+    a process. The kernel drops the lock when the process ends, however it ends (even SIGKILL):
+    a stale lock file is harmless. With ``create=False`` a missing directory is not created
+    and nothing is locked (the caller reports the missing run)."""
     import fcntl
 
     from dgm.errors import UsageError
 
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: exists and is not a directory")
+    if not run_dir.exists() and not create:
+        yield
+        return
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -67,8 +86,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(
-                f"{run_dir}: another process is training this run (it holds {run_dir}/.lock)"
+                f"{run_dir}: another process is working on this run (it holds {run_dir}/.lock)"
             ) from None
-        yield
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
     finally:
         os.close(fd)

@@ -250,6 +250,16 @@ def train_or_resume(
     from ``config`` is refused, never overwritten. Returns the run's metrics and the signal that
     stopped it early (None when it finished). For benchmarks that must survive interruption.
     """
+    with run_lock(run_dir):
+        return _train_or_resume(config, run_dir, on_epoch, stop_on_signals)
+
+
+def _train_or_resume(
+    config: Config,
+    run_dir: Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    stop_on_signals: bool,
+) -> tuple[list[dict[str, Any]], int | None]:
     done = latest_checkpoint(run_dir / "checkpoints")
     if holds_run(run_dir) and load_run_config(run_dir / CONFIG) != config:
         raise UsageError(
