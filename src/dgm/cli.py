@@ -102,12 +102,21 @@ def _print_epoch(m: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from dgm.config import load_config
     from dgm.train import Trainer
     from dgm.train.files import run_lock
-    from dgm.train.run import check_new_run, default_run_dir, open_resume, prepare_new_run
+    from dgm.train.run import (
+        check_new_run,
+        default_run_dir,
+        is_main_process,
+        open_resume,
+        prepare_new_run,
+    )
 
     overrides = _overrides(args)
+    main = is_main_process()  # under torchrun only rank 0 writes and prints
     if args.resume is not None:
         run_dir = Path(args.resume)
         if args.config or args.out or args.force:
@@ -119,16 +128,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--resume: only --epochs may change on resume, not {', '.join(sorted(extra))}"
             )
-        with run_lock(run_dir, create=False):
+        with run_lock(run_dir, create=False) if main else nullcontext():
             config = open_resume(run_dir, overrides.get("train.epochs"))
             trainer = Trainer(config, run_dir)
             return _train_and_report(config, run_dir, trainer, args)
     config = load_config(args.config, overrides)
     if config.model.kind in CLASSICAL:
         return _train_classical(args, config)
+    if not args.out and not main:
+        raise UsageError("torchrun: give the run directory with --out (every rank needs it)")
     run_dir = Path(args.out) if args.out else default_run_dir(config)
-    check_new_run(run_dir, force=args.force)
+    if main:
+        check_new_run(run_dir, force=args.force)
     trainer = Trainer(config, run_dir)  # device and dataset checked before anything is written
+    if not main:  # distributed: rank 0 creates the run directory; the others only train
+        return _train_and_report(config, run_dir, trainer, args)
     with run_lock(run_dir):  # from here no other process creates, replaces or trains it
         check_new_run(run_dir, force=args.force)  # again: another may have started meanwhile
         prepare_new_run(config, run_dir, force=args.force)
@@ -136,19 +150,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_and_report(config: Any, run_dir: Path, trainer: Any, args: argparse.Namespace) -> int:
+    from dgm.train.distributed import shutdown
     from dgm.train.run import train_run
 
-    print(f"run directory: {run_dir}", flush=True)
+    main = trainer.dist.is_main
+    if main:
+        print(f"run directory: {run_dir}", flush=True)
     start = time.perf_counter()
-    trainer = train_run(
-        config,
-        run_dir,
-        resume=args.resume is not None,
-        progress=not args.quiet,
-        on_epoch=_print_epoch,
-        trainer=trainer,
-        stop_on_signals=True,
-    )
+    try:
+        trainer = train_run(
+            config,
+            run_dir,
+            resume=args.resume is not None,
+            progress=not args.quiet and main,
+            on_epoch=_print_epoch,
+            trainer=trainer,
+            stop_on_signals=True,
+        )
+    finally:
+        shutdown()
+    if not main:
+        return 128 + trainer.stop_signal if trainer.stop_signal is not None else 0
     if trainer.stop_signal is not None:
         import signal
 

@@ -104,6 +104,11 @@ class TensorBatches:
             dequantization x may hold any real values (synthetic data).
         static_seed: the seed of the one draw made for ``binarize="static"``
             (through :func:`binarize_fixed`, so it does not touch ``generator``).
+        shard: ``(rank, world)``: with world > 1 every rank orders the data alike (the same
+            ``generator`` seed) and takes the rows ``rank::world`` of each global batch of
+            ``B`` (so ``B`` must be divisible by world, and the last short batch is dropped).
+        noise_generator: drives the dynamic binarization and the dequantization noise
+            instead of ``generator`` (each rank its own); default: ``generator``.
     """
 
     def __init__(
@@ -116,6 +121,8 @@ class TensorBatches:
         drop_last: bool = False,
         static_seed: int = 0,
         dequantize: bool = False,
+        shard: tuple[int, int] = (0, 1),
+        noise_generator: torch.Generator | None = None,
     ) -> None:
         if x.ndim != 2 or not x.is_floating_point():
             raise UsageError(
@@ -143,10 +150,19 @@ class TensorBatches:
                 f"the generator lives on {generator.device} but x on {x.device}: "
                 "create it with torch.Generator(device=x.device)"
             )
+        rank, world = shard
+        if not 0 <= rank < world or batch_size % world:
+            raise UsageError(
+                f"shard {shard}: expected rank in [0, world) and batch_size ({batch_size}) "
+                "divisible by world"
+            )
+        self.shard = (rank, world)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
-        self.drop_last = drop_last
+        self.noise_generator = noise_generator if noise_generator is not None else generator
+        # with several ranks a short last batch could leave a rank without examples
+        self.drop_last = drop_last or world > 1
         self.x = binarize_fixed(x, static_seed) if self.binarize is Binarize.STATIC else x
 
     @property
@@ -165,12 +181,16 @@ class TensorBatches:
             order = torch.randperm(n, generator=self.generator, device=device)  # (N,)
         else:
             order = torch.arange(n, device=device)  # (N,)
+        rank, world = self.shard
+        noise = self.noise_generator
         for start in range(0, len(self) * b, b):
             index = order[start : start + b]  # (B,)
+            if world > 1:
+                index = index[rank::world]  # (B / world,): this rank's share
             x = self.x[index]  # (B, D)
             if self.binarize is Binarize.DYNAMIC:
-                x = torch.bernoulli(x, generator=self.generator)  # (B, D) in {0, 1}
+                x = torch.bernoulli(x, generator=noise)  # (B, D) in {0, 1}
             elif self.dequantize:
-                u = torch.rand(x.shape, generator=self.generator, device=device, dtype=x.dtype)
+                u = torch.rand(x.shape, generator=noise, device=device, dtype=x.dtype)
                 x = dequantize(x, u)  # (B, D) in [0, 1)
             yield x, index

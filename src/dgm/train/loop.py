@@ -46,6 +46,7 @@ from dgm.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from dgm.train.distributed import from_environment
 
 
 class NumericalError(DGMError):
@@ -111,6 +112,26 @@ def iwae_stage(epoch: float, epochs: int) -> int:
     return IWAE_STAGES - 1
 
 
+class _Objective(torch.nn.Module):
+    """The estimator applied to (model, posterior) as one module, for DistributedDataParallel,
+    which needs the forward pass to go through it; returns (surrogate, bound, log_lik, kl)."""
+
+    def __init__(self, model: torch.nn.Module, posterior: torch.nn.Module, estimator) -> None:
+        super().__init__()
+        self.model, self.posterior, self.estimator = model, posterior, estimator
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor, kl_weight: float):
+        est = self.estimator(self.model, self.posterior(x, index), x, kl_weight)
+        return est.surrogate, est.bound, est.log_lik, est.kl
+
+
+def _data_parallel(model, posterior, estimator, device: torch.device) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(_Objective(model, posterior, estimator), device_ids=ids)
+
+
 class Trainer:
     """Builds a run's objects from its config and trains them; checkpoints go to ``run_dir``."""
 
@@ -123,6 +144,11 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.train.device)
+        self.dist = from_environment(self.device.type)  # torchrun: this rank of the group
+        if self.dist.enabled:
+            self._check_distributed(config)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.dist.local_rank)
         self.data = data if data is not None else load_data(config, self.device)
         data_dim = self.data.x_train.shape[1]
 
@@ -153,6 +179,15 @@ class Trainer:
             else None
         )
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed)
+        # distributed: the shared generator orders the data alike on every rank; each rank's
+        # noise (binarization, and z ~ q through the global RNG) is its own
+        self.noise_generator = None
+        self.ddp: torch.nn.Module | None = None
+        if self.dist.enabled:
+            rank_seed = config.train.seed + 1_000_003 * (self.dist.rank + 1)
+            self.noise_generator = torch.Generator(self.device).manual_seed(rank_seed)
+            torch.manual_seed(rank_seed)
+            self.ddp = _data_parallel(self.model, self.posterior, self.estimator, self.device)
         self.batches = TensorBatches(
             self.data.x_train,
             batch_size=tc.batch_size,
@@ -161,6 +196,8 @@ class Trainer:
             generator=self.generator,
             static_seed=config.data.binarize_seed,
             dequantize=config.data.dequantize,
+            shard=(self.dist.rank, self.dist.world),
+            noise_generator=self.noise_generator,
         )
         self.epoch = 0
         self.step = 0
@@ -171,6 +208,20 @@ class Trainer:
         self.last_fault: tuple[int, str] | None = None
         self.recoveries = 0
         self.lr_scale = 1.0
+
+    @staticmethod
+    def _check_distributed(config: Config) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if config.inference.kind == "local":
+            raise UsageError(
+                "inference.kind = 'local' is not supported on several processes yet "
+                "(the per-datapoint tables would have to be sharded by example id)"
+            )
+        if config.train.batch_size % world:
+            raise UsageError(
+                f"train.batch_size = {config.train.batch_size} must be divisible by the "
+                f"{world} processes (each takes an equal share of every global batch)"
+            )
 
     @property
     def bound_name(self) -> str:
@@ -240,6 +291,9 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - start
         self.train_time_s += elapsed
+        if self.dist.enabled:  # every rank's examples
+            summed = self.dist.sum(torch.cat([totals, totals.new_tensor([n, skipped])]))
+            totals, n, skipped = summed[:3], int(summed[3]), int(summed[4])
         bound, log_lik, kl = (totals / max(n, 1)).tolist()
         out = {"train_log_lik": log_lik, "train_kl": kl}
         if self.config.model.kind == "vae":
@@ -259,13 +313,18 @@ class Trainer:
         beta = self.kl_weight(self.step)
         if self.local_optimizer is not None:
             self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
-        est = self.estimator(self.model, self.posterior(x, index), x, beta)
+        if self.ddp is not None:  # gradients are averaged across ranks during backward
+            est = Estimate(*self.ddp(x, index, beta))
+        else:
+            est = self.estimator(self.model, self.posterior(x, index), x, beta)
         loss = -est.surrogate.mean()
         self.optimizer.zero_grad(set_to_none=True)
         if self.local_optimizer is not None:
             self.local_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fault = self._fault(est, loss)
+        if self.dist.any(fault is not None) and fault is None:  # another rank's fault: skip too
+            fault = "loss or gradient on another process"
         if fault is not None:
             self.optimizer.zero_grad(set_to_none=True)
             if self.local_optimizer is not None:
@@ -335,11 +394,14 @@ class Trainer:
         self.estimator.eval()
         totals = torch.zeros(3, device=self.device, dtype=torch.float64)
         bs = self.config.train.eval_batch_size
+        rank, world = self.dist.rank, self.dist.world
         for start in range(0, x.shape[0], bs):
-            x_b = x[start : start + bs]
-            index = torch.arange(start, start + x_b.shape[0], device=x.device)
+            index = torch.arange(start, min(start + bs, x.shape[0]), device=x.device)
+            index = index[rank::world]  # distributed: this rank's share of the test set
+            x_b = x[index]
             est = self.estimator(self.model, posterior(x_b, index), x_b)
             totals += torch.stack([est.bound.sum(), est.log_lik.sum(), est.kl.sum()]).double()
+        totals = self.dist.sum(totals)
         bound, log_lik, kl = (totals / x.shape[0]).tolist()
         out = {"test_log_lik": log_lik, "test_kl": kl}
         if self.config.model.kind == "vae":
@@ -358,7 +420,7 @@ class Trainer:
                 "estimator": self.estimator.state_dict(),
             },
             optimizer=self._optimizer_state(),
-            rng=capture_rng(self.generator),
+            rng=self._capture_rng(),
             extra={
                 "train_time_s": self.train_time_s,
                 "metrics": metrics or {},
@@ -366,7 +428,36 @@ class Trainer:
                 "recoveries": self.recoveries,
             },
         )
-        return save_checkpoint(self.checkpoint_dir, ckpt, keep=self.config.train.keep_checkpoints)
+        path = self.checkpoint_dir / f"epoch-{self.epoch:04d}"
+        if self.dist.is_main:
+            path = save_checkpoint(
+                self.checkpoint_dir, ckpt, keep=self.config.train.keep_checkpoints
+            )
+        self.dist.barrier()  # no rank goes on before the checkpoint is complete
+        return path
+
+    def _capture_rng(self) -> dict[str, Any]:
+        """The RNG states; distributed, every rank's (in ``ranks``), gathered on every rank."""
+        rng = capture_rng(self.generator)
+        if not self.dist.enabled:
+            return rng
+        mine = {"torch": rng["torch"], "noise": self.noise_generator.get_state()}
+        return {**rng, "ranks": self.dist.gather(mine)}
+
+    def _restore_rng(self, rng: dict[str, Any], path: Path) -> None:
+        restore_rng(rng, self.generator)
+        ranks = rng.get("ranks")
+        if (ranks is not None and len(ranks) != self.dist.world) or (
+            ranks is None and self.dist.enabled
+        ):
+            written = len(ranks) if ranks is not None else 1
+            raise CheckpointError(
+                f"{path}: was written by {written} process(es); resume it with as many "
+                f"(now {self.dist.world})"
+            )
+        if ranks is not None:
+            torch.set_rng_state(ranks[self.dist.rank]["torch"])
+            self.noise_generator.set_state(ranks[self.dist.rank]["noise"])
 
     def restore(self, path: Path | None = None, *, weights_only: bool = False) -> Path:
         """Load the latest (or the given) checkpoint; refuse one from a different model."""
@@ -400,7 +491,7 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{path}: optimizer state does not match ({err})") from None
         try:
-            restore_rng(ckpt.rng, self.generator)
+            self._restore_rng(ckpt.rng, path)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
                 f"{path}: random-number-generator state is invalid ({err})"
@@ -441,6 +532,8 @@ class Trainer:
                 self._recover()
                 continue
             self.epoch += 1
+            if self.dist.any(self.stop_signal is not None) and self.stop_signal is None:
+                self.stop_signal = signal.SIGTERM  # another rank was asked to stop: all stop
             metrics = {"epoch": self.epoch, "step": self.step, **self.evaluate(), **metrics}
             metrics["train_time_s"] = self.train_time_s
             self.checkpoint(metrics)

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,13 @@ def train_run(
     With ``stop_on_signals``, SIGINT/SIGTERM stop the run cleanly after the current epoch's
     checkpoint (see :meth:`Trainer.stop_on_signals`); ``trainer.stop_signal`` then says which.
     """
-    with run_lock(run_dir):
+    with run_lock(run_dir) if is_main_process() else nullcontext():
         return _train_run(config, run_dir, resume, progress, on_epoch, trainer, stop_on_signals)
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or a single process: the one that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train_run(
@@ -169,17 +175,22 @@ def _train_run(
     stop_on_signals: bool,
 ) -> Trainer:
     trainer = trainer or Trainer(config, run_dir)
+    main = trainer.dist.is_main  # distributed: only rank 0 writes files
     if resume:
         path = latest_checkpoint(trainer.checkpoint_dir)
         if path is not None:
             trainer.restore(path)
             ckpt_metrics = load_checkpoint(path).extra.get("metrics", {})
-            _sync_metrics_with_checkpoint(run_dir, trainer.epoch, ckpt_metrics)
-        else:
+            if main:
+                _sync_metrics_with_checkpoint(run_dir, trainer.epoch, ckpt_metrics)
+        elif main:
             (run_dir / METRICS).unlink(missing_ok=True)
-        save_config(config, run_dir / CONFIG)
+        if main:
+            save_config(config, run_dir / CONFIG)
 
     def record(metrics: dict[str, Any]) -> None:
+        if not main:
+            return
         append_metrics(run_dir, metrics)
         if on_epoch is not None:
             on_epoch(metrics)
@@ -189,7 +200,7 @@ def _train_run(
             trainer.fit(progress=progress, on_epoch=record)
     else:
         trainer.fit(progress=progress, on_epoch=record)
-    if trainer.stop_signal is None:
+    if trainer.stop_signal is None and main:
         write_figures(trainer, run_dir)
     return trainer
 
