@@ -1,0 +1,355 @@
+"""Training throughput: dgm against a plain PyTorch loop, Pyro and pythae on the same model.
+
+The model is the pytorch/examples VAE: 784-400-20 encoder and 20-400-784 decoder with ReLU,
+Bernoulli likelihood, analytic KL, Adam (lr 1e-3), batch 128, on the full MNIST training set
+(binarized once, the same tensor for every system), on the same threads. Systems run one epoch
+each per round, interleaved round by round; the figure is the median images/s over rounds. The
+floor is the matrix products alone of one training step (forward, and backward for the weights
+and the inputs), timed on the same machine in the same run. After the rounds each system's test
+ELBO (the same binarized test set) shows that nobody got fast by being wrong.
+
+    python benchmarks/throughput.py --rounds 5                # dgm, plain, floor
+    .venv-bench/bin/python benchmarks/throughput.py --rounds 5 --json out.json
+                                                              # + Pyro and pythae (the bench extra)
+
+Peak memory is each system's own: it is measured in a fresh subprocess that trains 100 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgm.config import load_config
+from dgm.data import binarize_fixed, load_dataset, to_unit_interval
+from dgm.train.loop import Data, Trainer
+
+BATCH, HIDDEN, LATENT, LR = 128, 400, 20, 1e-3
+
+
+def mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    ds = load_dataset("mnist")
+    x = binarize_fixed(to_unit_interval(ds.train_images), 0)
+    x_test = binarize_fixed(to_unit_interval(ds.test_images), 1)
+    return x, x_test
+
+
+def batches(x: torch.Tensor, g: torch.Generator):
+    order = torch.randperm(x.shape[0], generator=g)
+    for start in range(0, x.shape[0], BATCH):
+        yield x[order[start : start + BATCH]]
+
+
+# -- systems: each is (train_one_epoch(), test_elbo()) ------------------------------------------
+
+
+def dgm_system(x, x_test):
+    overrides = {
+        "model.hidden": [HIDDEN],
+        "model.latent_dim": LATENT,
+        "model.activation": "relu",
+        "model.init_output_bias": False,
+        "data.binarize": "static",
+        "train.batch_size": BATCH,
+        "train.lr": LR,
+        "train.eval_batch_size": 10_000,
+    }
+    config = load_config(None, overrides)
+    data = Data(x, x_test, (28, 28))  # already binary: static binarization of 0/1 is a no-op
+    trainer = Trainer(config, Path("unused"), data=data)
+    return trainer.train_epoch, lambda: trainer.evaluate()["test_elbo"]
+
+
+class PlainVAE(nn.Module):
+    """pytorch/examples/vae/main.py, written as a careful user would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, HIDDEN)
+        self.fc21 = nn.Linear(HIDDEN, LATENT)
+        self.fc22 = nn.Linear(HIDDEN, LATENT)
+        self.fc3 = nn.Linear(LATENT, HIDDEN)
+        self.fc4 = nn.Linear(HIDDEN, 784)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.fc4(F.relu(self.fc3(z))), mu, logvar
+
+
+def plain_loss(model, x):
+    logits, mu, logvar = model(x)
+    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld  # -ELBO summed over the batch
+
+
+def plain_system(x, x_test):
+    torch.manual_seed(0)
+    model = PlainVAE()
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    g = torch.Generator().manual_seed(0)
+
+    def epoch():
+        for xb in batches(x, g):
+            loss = plain_loss(model, xb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def test():
+        with torch.no_grad():
+            return -plain_loss(model, x_test).item() / x_test.shape[0]
+
+    return epoch, test
+
+
+def pyro_system(x, x_test, elbo_name: str):
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+    from pyro.optim import Adam
+
+    torch.manual_seed(0)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(784, HIDDEN)
+            self.fc21 = nn.Linear(HIDDEN, LATENT)
+            self.fc22 = nn.Linear(HIDDEN, LATENT)
+
+        def forward(self, x):
+            h = F.relu(self.fc1(x))
+            return self.fc21(h), torch.exp(0.5 * self.fc22(h))
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc3 = nn.Linear(LATENT, HIDDEN)
+            self.fc4 = nn.Linear(HIDDEN, 784)
+
+        def forward(self, z):
+            return self.fc4(F.relu(self.fc3(z)))
+
+    encoder, decoder = Encoder(), Decoder()
+
+    def model(x):
+        pyro.module(f"decoder_{elbo_name}", decoder)  # Pyro's store is global: unique names
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample(
+                "z", dist.Normal(x.new_zeros(x.shape[0], LATENT), 1.0).to_event(1)
+            )
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module(f"encoder_{elbo_name}", encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    loss = {"Trace_ELBO": Trace_ELBO, "TraceMeanField_ELBO": TraceMeanField_ELBO}[elbo_name]()
+    svi = SVI(model, guide, Adam({"lr": LR}), loss=loss)
+    g = torch.Generator().manual_seed(0)
+
+    def epoch():
+        for xb in batches(x, g):
+            svi.step(xb)
+
+    def test():
+        return -svi.evaluate_loss(x_test) / x_test.shape[0]
+
+    return epoch, test
+
+
+def pythae_system(x, x_test):
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    torch.manual_seed(0)
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(784, HIDDEN)
+            self.fc21 = nn.Linear(HIDDEN, LATENT)
+            self.fc22 = nn.Linear(HIDDEN, LATENT)
+
+        def forward(self, x):
+            h = F.relu(self.fc1(x.reshape(x.shape[0], -1)))
+            return ModelOutput(embedding=self.fc21(h), log_covariance=self.fc22(h))
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.fc3 = nn.Linear(LATENT, HIDDEN)
+            self.fc4 = nn.Linear(HIDDEN, 784)
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.fc4(F.relu(self.fc3(z)))))
+
+    config = VAEConfig(input_dim=(784,), latent_dim=LATENT, reconstruction_loss="bce")
+    model = VAE(config, encoder=Encoder(), decoder=Decoder())
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    g = torch.Generator().manual_seed(0)
+
+    def epoch():
+        model.train()
+        for xb in batches(x, g):
+            loss = model({"data": xb}).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def test():
+        model.eval()
+        with torch.no_grad():
+            return -model({"data": x_test}).loss.item()
+
+    return epoch, test
+
+
+SYSTEMS: dict[str, Callable] = {
+    "dgm": dgm_system,
+    "plain PyTorch loop": plain_system,
+    "Pyro Trace_ELBO": lambda x, t: pyro_system(x, t, "Trace_ELBO"),
+    "Pyro TraceMeanField_ELBO": lambda x, t: pyro_system(x, t, "TraceMeanField_ELBO"),
+    "pythae VAE": pythae_system,
+}
+
+
+def available(name: str) -> bool:
+    module = {"Pyro": "pyro", "pythae": "pythae"}.get(name.split()[0])
+    if module is None:
+        return True
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+# -- the matrix-product floor ---------------------------------------------------------------------
+
+
+def floor_seconds_per_step(repeats: int = 300) -> float:
+    """The forward and backward matrix products of one training step, nothing else."""
+    b = BATCH
+    shapes = [(784, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, 784)]
+    ws = [torch.randn(i, o) for i, o in shapes]
+    ins = [torch.randn(b, i) for i, _ in shapes]
+    grads = [torch.randn(b, o) for _, o in shapes]
+
+    def step():
+        for a, w in zip(ins, ws, strict=True):
+            torch.mm(a, w)  # forward
+        for i, (a, w, g) in enumerate(zip(ins, ws, grads, strict=True)):
+            torch.mm(a.T, g)  # weight gradient
+            if i > 0:
+                torch.mm(g, w.T)  # input gradient (none needed for the data)
+
+    for _ in range(20):
+        step()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
+
+
+# -- memory, each system alone --------------------------------------------------------------------
+
+
+def child(name: str, steps: int) -> None:
+    x, x_test = mnist()
+    epoch, _ = SYSTEMS[name](x[: steps * BATCH], x_test[:100])
+    epoch()
+    print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory_mb(name: str) -> float | None:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name], capture_output=True, text=True, timeout=600
+    )
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["max_rss_mb"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        child(args.child, 100)
+        return 0
+    names = [n for n in SYSTEMS if available(n)]
+    x, x_test = mnist()
+    systems = {name: SYSTEMS[name](x, x_test) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    floors = []
+    for r in range(args.rounds):
+        for name, (epoch, _) in systems.items():
+            start = time.perf_counter()
+            epoch()
+            times[name].append(x.shape[0] / (time.perf_counter() - start))
+        floors.append(BATCH / floor_seconds_per_step())
+        print(
+            f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:,.0f}" for n in names) + " img/s",
+            flush=True,
+        )
+    floor = statistics.median(floors)
+    dgm = statistics.median(times["dgm"])
+    results = {}
+    for name, (_, test) in systems.items():
+        ips = statistics.median(times[name])
+        results[name] = {
+            "images_per_s": ips,
+            "ratio_to_dgm": ips / dgm,
+            "fraction_of_floor": ips / floor,
+            "test_elbo": test(),
+            "peak_memory_mb": None if args.no_memory else peak_memory_mb(name),
+        }
+    summary = {
+        "floor_images_per_s": floor,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+        "systems": results,
+    }
+    header = f"{'system':<26} {'img/s':>9} {'dgm / it':>9} {'of floor':>9} {'test ELBO':>10}"
+    print(f"\n{header} {'MB':>6}")
+    for name, r in results.items():
+        mem = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] else "-"
+        print(
+            f"{name:<26} {r['images_per_s']:>9,.0f} {1 / r['ratio_to_dgm']:>8.2f}x "
+            f"{r['fraction_of_floor']:>9.2f} {r['test_elbo']:>10.2f} {mem:>6}"
+        )
+    print(f"{'matrix-product floor':<26} {floor:>9,.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
