@@ -62,14 +62,17 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 def _rank_pid(parent: int, rank: int) -> int | None:
     """The pid of the torchrun worker with RANK=rank (a child of the agent ``parent``)."""
-    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
-    for pid in map(int, out.split()):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
             continue
-        if f"RANK={rank}".encode() in environ:
-            return pid
+        try:
+            stat = (proc / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
     return None
 
 
