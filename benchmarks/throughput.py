@@ -149,9 +149,7 @@ def pyro_system(x, x_test, elbo_name: str):
     def model(x):
         pyro.module(f"decoder_{elbo_name}", decoder)  # Pyro's store is global: unique names
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample(
-                "z", dist.Normal(x.new_zeros(x.shape[0], LATENT), 1.0).to_event(1)
-            )
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], LATENT), 1.0).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
 
     def guide(x):
