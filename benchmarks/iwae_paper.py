@@ -49,17 +49,17 @@ PAPER = {
 }
 
 #: epochs of the short schedule: about two hours of training on 2 CPU cores, from measured
-#: seconds per epoch at batch 20 (1l k=1 about 7 s, 1l k=5 about 20 s, 1l k=50 about 70 s,
-#: 2l k=1 about 25 s, 2l k=50 about 200 s)
+#: seconds per epoch at batch 20 with 1 thread beside other jobs (1l k=1 about 9 s, 1l k=5
+#: about 17 s, 1l k=50 about 78 s, 2l k=1 about 14 s, 2l k=50 about 118 s)
 SHORT_EPOCHS = {
-    "1l_vae_k1": 1000,
-    "1l_vae_k5": 360,
-    "1l_vae_k50": 100,
-    "1l_iwae_k5": 360,
-    "1l_iwae_k50": 100,
-    "2l_vae_k1": 280,
-    "2l_vae_k50": 36,
-    "2l_iwae_k50": 36,
+    "1l_vae_k1": 750,
+    "1l_vae_k5": 380,
+    "1l_vae_k50": 85,
+    "1l_iwae_k5": 380,
+    "1l_iwae_k50": 85,
+    "2l_vae_k1": 460,
+    "2l_vae_k50": 55,
+    "2l_iwae_k50": 55,
 }
 
 
