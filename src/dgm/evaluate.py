@@ -13,8 +13,10 @@ from torch.distributions import Distribution
 
 from dgm.models import DeepLatentModel
 
-#: default number of (sample, example) pairs pushed through the networks at once
-DEFAULT_PAIRS_PER_PASS = 25_000
+#: default number of (sample, example) pairs pushed through the networks at once: small enough
+#: for a chunk's activations (2,048 x 784 floats, 6 MB) to stay in the CPU's cache; 25,000 pairs
+#: (78 MB) made k = 2000 on the MNIST VAE about twice as slow
+DEFAULT_PAIRS_PER_PASS = 2048
 
 
 def mean_stderr(v: torch.Tensor) -> tuple[float, float | None]:
