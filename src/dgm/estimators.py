@@ -174,6 +174,17 @@ class Reparameterized(Estimator):
         return Estimate(bound=bound, surrogate=surrogate, log_lik=log_lik.mean(0), kl=kl)
 
 
+def path_terms(
+    model: DeepLatentModel, q: Distribution, x: torch.Tensor, k: int
+) -> tuple[torch.Tensor, ...]:
+    """What STL and DReG need from K reparameterized draws: z (K, B, d), log q(z) (K, B),
+    log q_bar(z) (K, B: the same value, with the gradient reaching phi through z only),
+    log p(x | z) (K, B) and log p(z) (K, B)."""
+    z, log_q = rsample_and_log_prob(q, k)
+    log_q_bar = stop_parameters(q).log_prob(z)
+    return z, log_q, log_q_bar, model.likelihood(z).log_prob(x), model.prior().log_prob(z)
+
+
 class StickingTheLanding(Estimator):
     r"""The ELBO's pathwise gradient without the score term ("sticking the landing", Roeder et al.
     2017): log w_k = log p(x, z_k) - log q_bar(z_k), where q_bar is q with its parameters'
@@ -190,10 +201,7 @@ class StickingTheLanding(Estimator):
     def forward(
         self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
     ) -> Estimate:
-        z, log_q = rsample_and_log_prob(q, self.k)  # (K, B, d), (K, B)
-        log_q_bar = stop_parameters(q).log_prob(z)  # (K, B): same value, path gradient only
-        log_lik = model.likelihood(z).log_prob(x)  # (K, B)
-        log_prior = model.prior().log_prob(z)  # (K, B)
+        z, log_q, log_q_bar, log_lik, log_prior = path_terms(model, q, x, self.k)
         kl = (log_q - log_prior).mean(0)  # (B,)
         bound = (elbo(log_lik) - kl).detach()
         annealed = elbo(log_lik + kl_weight * (log_prior - log_q_bar))
@@ -220,10 +228,7 @@ class DReG(Estimator):
     def forward(
         self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
     ) -> Estimate:
-        z, log_q = rsample_and_log_prob(q, self.k)  # (K, B, d), (K, B)
-        log_q_bar = stop_parameters(q).log_prob(z)  # (K, B)
-        log_lik = model.likelihood(z).log_prob(x)  # (K, B)
-        log_prior = model.prior().log_prob(z)  # (K, B)
+        z, log_q, log_q_bar, log_lik, log_prior = path_terms(model, q, x, self.k)
         log_ratio = log_prior - log_q  # (K, B)
         bound = iwae(log_lik + log_ratio).detach()  # (B,)
         log_w = log_lik + kl_weight * (log_prior - log_q_bar)  # (K, B), annealed if beta < 1

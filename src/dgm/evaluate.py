@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from dgm.estimators import rsample_and_log_prob
 from dgm.models import DeepLatentModel
 
 #: default number of (sample, example) pairs pushed through the networks at once: small enough
@@ -52,10 +53,7 @@ class LogLikelihood:
 def sample_and_log_prob(q: Distribution, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k draws z (k, B, d) and log q(z | x) (k, B), without gradient; a flow gives both at once."""
     with torch.no_grad():
-        if hasattr(q, "rsample_and_log_prob"):
-            return q.rsample_and_log_prob((k,))
-        z = q.sample((k,))
-        return z, q.log_prob(z)
+        return rsample_and_log_prob(q, k)
 
 
 @torch.no_grad()
