@@ -71,22 +71,43 @@ def dgm_system(x, x_test):
     return trainer.train_epoch, lambda: trainer.evaluate()["test_elbo"]
 
 
-class PlainVAE(nn.Module):
-    """pytorch/examples/vae/main.py, written as a careful user would."""
+class Encoder(nn.Module):
+    """pytorch/examples/vae/main.py's encoder: x -> (mu, log variance)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(784, HIDDEN)
         self.fc21 = nn.Linear(HIDDEN, LATENT)
         self.fc22 = nn.Linear(HIDDEN, LATENT)
-        self.fc3 = nn.Linear(LATENT, HIDDEN)
-        self.fc4 = nn.Linear(HIDDEN, 784)
 
     def forward(self, x):
         h = F.relu(self.fc1(x))
-        mu, logvar = self.fc21(h), self.fc22(h)
+        return self.fc21(h), self.fc22(h)
+
+
+class Decoder(nn.Module):
+    """pytorch/examples/vae/main.py's decoder: z -> logits of p(x | z)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc3 = nn.Linear(LATENT, HIDDEN)
+        self.fc4 = nn.Linear(HIDDEN, 784)
+
+    def forward(self, z):
+        return self.fc4(F.relu(self.fc3(z)))
+
+
+class PlainVAE(nn.Module):
+    """pytorch/examples/vae/main.py, written as a careful user would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = Encoder(), Decoder()
+
+    def forward(self, x):
+        mu, logvar = self.encoder(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return self.fc4(F.relu(self.fc3(z))), mu, logvar
+        return self.decoder(z), mu, logvar
 
 
 def plain_loss(model, x):
@@ -124,26 +145,6 @@ def pyro_system(x, x_test, elbo_name: str):
 
     torch.manual_seed(0)
 
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(784, HIDDEN)
-            self.fc21 = nn.Linear(HIDDEN, LATENT)
-            self.fc22 = nn.Linear(HIDDEN, LATENT)
-
-        def forward(self, x):
-            h = F.relu(self.fc1(x))
-            return self.fc21(h), torch.exp(0.5 * self.fc22(h))
-
-    class Decoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc3 = nn.Linear(LATENT, HIDDEN)
-            self.fc4 = nn.Linear(HIDDEN, 784)
-
-        def forward(self, z):
-            return self.fc4(F.relu(self.fc3(z)))
-
     encoder, decoder = Encoder(), Decoder()
 
     def model(x):
@@ -155,8 +156,8 @@ def pyro_system(x, x_test, elbo_name: str):
     def guide(x):
         pyro.module(f"encoder_{elbo_name}", encoder)
         with pyro.plate("data", x.shape[0]):
-            loc, scale = encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            loc, logvar = encoder(x)
+            pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1))
 
     loss = {"Trace_ELBO": Trace_ELBO, "TraceMeanField_ELBO": TraceMeanField_ELBO}[elbo_name]()
     svi = SVI(model, guide, Adam({"lr": LR}), loss=loss)
@@ -179,28 +180,25 @@ def pythae_system(x, x_test):
 
     torch.manual_seed(0)
 
-    class Encoder(BaseEncoder):
+    class PythaeEncoder(BaseEncoder):
         def __init__(self):
             super().__init__()
-            self.fc1 = nn.Linear(784, HIDDEN)
-            self.fc21 = nn.Linear(HIDDEN, LATENT)
-            self.fc22 = nn.Linear(HIDDEN, LATENT)
+            self.net = Encoder()
 
         def forward(self, x):
-            h = F.relu(self.fc1(x.reshape(x.shape[0], -1)))
-            return ModelOutput(embedding=self.fc21(h), log_covariance=self.fc22(h))
+            mu, logvar = self.net(x.reshape(x.shape[0], -1))
+            return ModelOutput(embedding=mu, log_covariance=logvar)
 
-    class Decoder(BaseDecoder):
+    class PythaeDecoder(BaseDecoder):
         def __init__(self):
             super().__init__()
-            self.fc3 = nn.Linear(LATENT, HIDDEN)
-            self.fc4 = nn.Linear(HIDDEN, 784)
+            self.net = Decoder()
 
         def forward(self, z):
-            return ModelOutput(reconstruction=torch.sigmoid(self.fc4(F.relu(self.fc3(z)))))
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
 
     config = VAEConfig(input_dim=(784,), latent_dim=LATENT, reconstruction_loss="bce")
-    model = VAE(config, encoder=Encoder(), decoder=Decoder())
+    model = VAE(config, encoder=PythaeEncoder(), decoder=PythaeDecoder())
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     g = torch.Generator().manual_seed(0)
 
