@@ -146,7 +146,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         self.dist = from_environment(self.device.type)  # torchrun: this rank of the group
         if self.dist.enabled:
-            self._check_distributed(config)
+            self._check_distributed(config, self.dist.world)
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", self.dist.local_rank)
         self.data = data if data is not None else load_data(config, self.device)
@@ -210,8 +210,7 @@ class Trainer:
         self.lr_scale = 1.0
 
     @staticmethod
-    def _check_distributed(config: Config) -> None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+    def _check_distributed(config: Config, world: int) -> None:
         if config.inference.kind == "local":
             raise UsageError(
                 "inference.kind = 'local' is not supported on several processes yet "
