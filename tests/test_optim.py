@@ -1,0 +1,80 @@
+"""FusedAdam is torch's fused Adam, step for step; nonfinite_gradients finds every NaN and inf."""
+
+import copy
+
+import pytest
+import torch
+
+from dgm.train.optim import FusedAdam, nonfinite_gradients
+
+
+def _problem(seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    return net, torch.randn(16, 5)
+
+
+def _train(net, opt, x, steps, lr_at=lambda i: 1e-2):
+    for i in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i)  # the IWAE stairs change the rate between steps
+        loss = net(x).pow(2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def test_same_trajectory_and_state_as_torch_fused_adam():
+    ours, x = _problem(0)
+    theirs, _ = _problem(0)
+    kwargs = {"lr": 1e-2, "betas": (0.9, 0.99), "eps": 1e-4}
+    opt_ours = FusedAdam(ours.parameters(), **kwargs)
+    opt_theirs = torch.optim.Adam(theirs.parameters(), fused=True, **kwargs)
+    lr_at = lambda i: 1e-2 * 10 ** (-(i // 10) / 7)  # noqa: E731
+    _train(ours, opt_ours, x, 30, lr_at)
+    _train(theirs, opt_theirs, x, 30, lr_at)
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    mine, torch_state = opt_ours.state_dict(), opt_theirs.state_dict()
+    assert mine["param_groups"] == torch_state["param_groups"]
+    for i, s in torch_state["state"].items():
+        for key, value in s.items():
+            torch.testing.assert_close(mine["state"][i][key], value, rtol=0, atol=0)
+
+
+def test_state_dict_round_trip_continues_exactly():
+    """A checkpoint written by torch.optim.Adam resumes in FusedAdam (and goes on alike)."""
+    a, x = _problem(1)
+    b, _ = _problem(1)
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True)
+    _train(a, opt_a, x, 5)
+    b.load_state_dict(a.state_dict())
+    opt_b = FusedAdam(b.parameters(), lr=1e-2)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as from a checkpoint
+    _train(a, opt_a, x, 5)
+    _train(b, opt_b, x, 5)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_a_parameter_without_gradient_is_left_alone():
+    net, x = _problem(2)
+    extra = torch.nn.Parameter(torch.ones(3))
+    opt = FusedAdam([*net.parameters(), extra], lr=1e-2)
+    _train(net, opt, x, 3)  # extra never gets a gradient
+    assert torch.equal(extra, torch.ones(3))
+    assert "exp_avg" not in opt.state[extra]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_gradients_flags_any_bad_entry(bad):
+    grads = [torch.randn(4, 3), torch.randn(5)]
+    found = torch.zeros(())
+    assert nonfinite_gradients(grads, found).item() == 0.0
+    before = [g.clone() for g in grads]
+    grads[1][3] = bad
+    assert nonfinite_gradients(grads, found).item() == 1.0
+    grads[1][3] = 0.5
+    assert nonfinite_gradients(grads, found).item() == 0.0  # reset on every call
+    assert torch.equal(grads[0], before[0])  # the check does not change the gradients
+    assert nonfinite_gradients([], found).item() == 0.0
