@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from dgm.build import build_model, build_posterior
 from dgm.config import Config, ModelConfig
@@ -14,7 +14,7 @@ from dgm.models import (
     LearnedGaussianLikelihood,
     StandardNormalPrior,
 )
-from dgm.nn import MLP
+from dgm.nn import MLP, Tanh
 from dgm.variational import PointMass
 
 
@@ -28,6 +28,38 @@ def test_bernoulli_log_prob_is_the_log_mass():
     grid = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * 5)  # (32, 5)
     total = BernoulliLikelihood()(h[0]).log_prob(grid).exp().sum()
     assert torch.allclose(total, torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("x_shape", [(4, 6), (3, 4, 6), (6,)])
+def test_fused_bernoulli_log_prob_and_gradients_are_torchs(x_shape):
+    """Value, gradients (to the logits and to x, with broadcasting) and second derivatives of
+    the fused log-mass equal those of Independent(torch's Bernoulli), in float64."""
+    g = torch.Generator().manual_seed(0)
+    h = (4 * torch.randn(3, 4, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    x = torch.rand(x_shape, generator=g, dtype=torch.float64).requires_grad_()  # any x in [0,1]
+    ours = BernoulliLikelihood()(h).log_prob(x)
+    ref = Independent(Bernoulli(logits=h, validate_args=False), 1).log_prob(x)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((w * ours).sum() + ours.pow(2).sum(), [h, x], create_graph=True)
+    refs = torch.autograd.grad((w * ref).sum() + ref.pow(2).sum(), [h, x], create_graph=True)
+    for a, b in zip(grads, refs, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second = torch.autograd.grad(grads[0].pow(2).sum(), h)[0]
+    second_ref = torch.autograd.grad(refs[0].pow(2).sum(), h)[0]
+    torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=1e-12)
+    with torch.inference_mode():  # the evaluation path
+        torch.testing.assert_close(BernoulliLikelihood()(h).log_prob(x), ref.detach())
+
+
+def test_tanh_without_gradients_is_tanh():
+    a = torch.linspace(-40, 40, 400_001)  # float32, through 0 and both saturations
+    with torch.no_grad():
+        fast = Tanh()(a.clone())
+    assert (fast - torch.tanh(a)).abs().max() <= 2.4e-7
+    b = a[::1000].clone().requires_grad_()
+    assert torch.equal(Tanh()(b), torch.tanh(b))  # with gradients: torch's own
 
 
 @pytest.mark.parametrize("sigma", [1.0, 0.3])

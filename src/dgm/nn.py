@@ -7,8 +7,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+
+class Tanh(nn.Tanh):
+    r"""tanh; without autograd (evaluation) computed as 2 sigmoid(2 a) - 1, the same function.
+
+    torch's CPU tanh costs about 1.3 ns per element with 2 threads, four times its sigmoid; in
+    importance-sampled evaluation (k * n decoder passes) it was a fifth of the matrix products'
+    time. The identity is exact; in float32 the two differ by at most 2.4e-7 (absolute, tested).
+    With gradients (training) it is ``torch.tanh``, whose backward needs one op.
+    """
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return torch.tanh(a)
+        return torch.sigmoid(2.0 * a).mul_(2.0).sub_(1.0)
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
+    "tanh": Tanh,
     "relu": nn.ReLU,
     "elu": nn.ELU,
     "softplus": nn.Softplus,

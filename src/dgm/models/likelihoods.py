@@ -28,6 +28,47 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
+class _BernoulliLogProb(torch.autograd.Function):
+    """sum_d x_d h_d - softplus(h_d) over the last dimension; gradient (x - sigmoid(h)) g."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(h, x)
+        return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)  # (...,)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN001
+        h, x = ctx.saved_tensors
+        g = g.unsqueeze(-1)  # (..., 1)
+        grad_h = grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_h = ((x - torch.sigmoid(h)) * g).sum_to_size(h.shape)
+        if ctx.needs_input_grad[1]:
+            grad_x = (h * g).sum_to_size(x.shape)
+        return grad_h, grad_x
+
+
+class IndependentBernoulli(Independent):
+    r"""``Independent(Bernoulli(logits=h), 1)`` whose ``log_prob`` is one fused sum over the event:
+
+        log p(x | h) = sum_d x_d h_d - softplus(h_d)        (the same value as torch's)
+
+    torch's Bernoulli goes through ``binary_cross_entropy_with_logits`` (a log-sigmoid with a
+    buffer, a fill, a subtraction), a negation and a separate sum: in importance-sampled
+    evaluation, where this runs on k * n decoder outputs, that was a third of the time. Shapes:
+    logits (..., D), x broadcastable to them, log_prob (...,).
+    """
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__(Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        h = self.base_dist.logits
+        if not torch.is_grad_enabled():
+            return torch.linalg.vecdot(value, h) - F.softplus(h).sum(-1)
+        return _BernoulliLogProb.apply(h, value)
+
+
 class BernoulliLikelihood(Likelihood):
     r"""p(x | z) = prod_d Bernoulli(x_d; sigmoid(h_d)), with h the decoder's logits."""
 
@@ -35,7 +76,7 @@ class BernoulliLikelihood(Likelihood):
         return data_dim
 
     def forward(self, h: torch.Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=h, validate_args=False), 1, validate_args=False)
+        return IndependentBernoulli(h)
 
     def output_bias(self, x_mean: torch.Tensor) -> torch.Tensor:
         return torch.logit(x_mean.clamp(1e-3, 1 - 1e-3))  # (D,)
