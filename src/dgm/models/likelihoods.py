@@ -42,7 +42,11 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = g.unsqueeze(-1)  # (..., 1)
         grad_h = grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_h = ((x - torch.sigmoid(h)) * g).sum_to_size(h.shape)
+            if torch.is_grad_enabled():  # create_graph: the gradient must be differentiable
+                grad_h = (x - torch.sigmoid(h)) * g
+            else:  # in place: one buffer instead of three
+                grad_h = torch.sigmoid(h).sub_(x).mul_(-g)
+            grad_h = grad_h.sum_to_size(h.shape)
         if ctx.needs_input_grad[1]:
             grad_x = (h * g).sum_to_size(x.shape)
         return grad_h, grad_x

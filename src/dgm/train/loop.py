@@ -260,7 +260,9 @@ class Trainer:
         self.model.train()
         self.posterior.train()
         self.estimator.train()
-        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # bound, log_lik, kl
+        # per step (bound, log_lik, kl), each (B,): summed at the end, no arithmetic per step
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        shown, shown_steps = 0.0, 0  # the progress bar's running sum of the bound
         n = 0
         bar = tqdm(
             total=len(self.batches),
@@ -280,16 +282,21 @@ class Trainer:
                 if self.bad_steps >= self.config.train.max_bad_steps:
                     raise _Diverged
                 continue
-            with torch.no_grad():
-                batch = torch.stack([est.bound.sum(), est.log_lik.sum(), est.kl.sum()])
-                totals += batch.double()
+            parts.append((est.bound.detach(), est.log_lik.detach(), est.kl.detach()))
             n += x.shape[0]
             if progress and (i % 50 == 0 or i == len(self.batches) - 1):
-                bar.set_postfix({self.bound_name: f"{totals[0].item() / n:.2f}"}, refresh=False)
+                shown += torch.cat([p[0] for p in parts[shown_steps:]]).double().sum().item()
+                shown_steps = len(parts)
+                bar.set_postfix({self.bound_name: f"{shown / n:.2f}"}, refresh=False)
             bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - start
         self.train_time_s += elapsed
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # bound, log_lik, kl
+        if parts:
+            totals = torch.stack(
+                [torch.cat(column).double().sum() for column in zip(*parts, strict=True)]
+            )
         if self.dist.enabled:  # every rank's examples
             summed = self.dist.sum(torch.cat([totals, totals.new_tensor([n, skipped])]))
             totals, n, skipped = summed[:3], int(summed[3]), int(summed[4])
