@@ -61,6 +61,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "kl": ("objective.kl", str, "auto, analytic (closed form) or mc (Monte Carlo)"),
     "k": ("objective.k", int, "samples of z per example in the training bound"),
     "device": ("train.device", str, "auto, cpu, cuda, cuda:N"),
+    "precision": ("train.precision", str, "float32, or bfloat16 for the training step's networks"),
     "train_limit": ("data.train_limit", int, "use only the first N training examples"),
     "test_limit": ("data.test_limit", int, "use only the first N test examples"),
 }

@@ -193,6 +193,9 @@ class TrainConfig(_Section):
     max_bad_steps: PositiveInt = 20
     max_recoveries: int = Field(2, ge=0)
     recovery_lr_factor: float = Field(0.5, gt=0, lt=1)
+    # bfloat16: the training step's networks run under torch.autocast (matrix products in
+    # bfloat16, everything else and all evaluation in float32); see README for its measured effect
+    precision: Literal["float32", "bfloat16"] = "float32"
 
     @model_validator(mode="after")
     def _check_betas(self) -> TrainConfig:
@@ -283,6 +286,11 @@ class Config(_Section):
                 f"{what} gives log q(z | x) only along its own samples: objective.estimator "
                 "must be 'reparam' (score-function, stl and dreg estimators need log q at a "
                 "given z)"
+            )
+        if self.train.precision == "bfloat16" and posterior != "gaussian":
+            raise ValueError(
+                f"train.precision = 'bfloat16' is for the diagonal-Gaussian posterior; {what} "
+                "trains in float32 (set train.precision = 'float32')"
             )
         if self.model.kind == "ae" and self.inference.kind == "local":
             raise ValueError("inference.kind = 'local' is per-datapoint VB: use model.kind = 'vae'")

@@ -37,6 +37,9 @@ class MLP(nn.Sequential):
     r"""A multilayer perceptron ``in -> hidden[0] -> ... -> hidden[-1] -> out``.
 
     Every hidden layer is ``Linear`` followed by the activation; the output layer is linear.
+    The output has the input's dtype: under ``torch.autocast`` (``train.precision =
+    "bfloat16"``) the layers compute in bfloat16 and the distributions built from the output
+    stay in float32.
 
     >>> MLP(784, [200, 200], 100)(torch.zeros(3, 784)).shape
     torch.Size([3, 100])
@@ -59,7 +62,8 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Act on the last dimension; leading ones pass through: (..., in) -> (..., out)."""
-        return super().forward(x)
+        out = super().forward(x)
+        return out if out.dtype == x.dtype or not x.is_floating_point() else out.to(x.dtype)
 
 
 class MaskedLinear(nn.Linear):

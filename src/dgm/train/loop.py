@@ -155,6 +155,7 @@ class Trainer:
 
         torch.manual_seed(config.train.seed)
         self.local = config.inference.kind == "local"
+        self.bfloat16 = config.train.precision == "bfloat16"  # autocast in train_step only
         self.model = build_model(config.model, data_dim).to(self.device)
         self.posterior = build_posterior(config, data_dim, self.data.x_train.shape[0])
         self.posterior = self.posterior.to(self.device)
@@ -319,10 +320,11 @@ class Trainer:
         beta = self.kl_weight(self.step)
         if self.local_optimizer is not None:
             self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
-        if self.ddp is not None:  # gradients are averaged across ranks during backward
-            est = Estimate(*self.ddp(x, index, beta))
-        else:
-            est = self.estimator(self.model, self.posterior(x, index), x, beta)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
+            if self.ddp is not None:  # gradients are averaged across ranks during backward
+                est = Estimate(*self.ddp(x, index, beta))
+            else:
+                est = self.estimator(self.model, self.posterior(x, index), x, beta)
         loss = -est.surrogate.mean()
         self.optimizer.zero_grad(set_to_none=True)
         if self.local_optimizer is not None:
