@@ -30,7 +30,7 @@ def test_bernoulli_log_prob_is_the_log_mass():
     assert torch.allclose(total, torch.tensor(1.0, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("x_shape", [(4, 6), (3, 4, 6), (6,)])
+@pytest.mark.parametrize("x_shape", [(4, 6), (3, 4, 6), (6,), (2, 3, 4, 6)])
 def test_fused_bernoulli_log_prob_and_gradients_are_torchs(x_shape):
     """Value, gradients (to the logits and to x, with broadcasting) and second derivatives of
     the fused log-mass equal those of Independent(torch's Bernoulli), in float64."""
@@ -51,6 +51,24 @@ def test_fused_bernoulli_log_prob_and_gradients_are_torchs(x_shape):
     torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=1e-12)
     with torch.inference_mode():  # the evaluation path
         torch.testing.assert_close(BernoulliLikelihood()(h).log_prob(x), ref.detach())
+
+
+def test_fused_bernoulli_under_autocast_and_mixed_dtypes():
+    """Under bfloat16 autocast the log-mass stays float32 (a bfloat16 x.h is off by nats), and
+    float32 data with float64 logits promote as torch's Bernoulli does."""
+    g = torch.Generator().manual_seed(1)
+    h = 8 * torch.randn(50, 8, 784, generator=g) - 4  # logits like a trained decoder's
+    x = (torch.rand(8, 784, generator=g) < 0.15).float()
+    ref = BernoulliLikelihood()(h).log_prob(x)
+    with torch.autocast("cpu", torch.bfloat16):
+        under = BernoulliLikelihood()(h).log_prob(x)
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, ref, rtol=0, atol=1e-3)
+    mixed = BernoulliLikelihood()(h.double()).log_prob(x)
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, ref.double(), rtol=0, atol=1e-3)
+    expanded = BernoulliLikelihood()(h[0, :1]).expand(torch.Size([8]))
+    torch.testing.assert_close(expanded.log_prob(x), BernoulliLikelihood()(h[0, :1]).log_prob(x))
 
 
 def test_tanh_without_gradients_is_tanh():

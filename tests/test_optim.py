@@ -33,6 +33,7 @@ def test_same_trajectory_and_state_as_torch_fused_adam():
     lr_at = lambda i: 1e-2 * 10 ** (-(i // 10) / 7)  # noqa: E731
     _train(ours, opt_ours, x, 30, lr_at)
     _train(theirs, opt_theirs, x, 30, lr_at)
+    assert opt_ours._lists is not None  # the fast path ran
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     mine, torch_state = opt_ours.state_dict(), opt_theirs.state_dict()
@@ -78,3 +79,26 @@ def test_nonfinite_gradients_flags_any_bad_entry(bad):
     assert nonfinite_gradients(grads, found).item() == 0.0  # reset on every call
     assert torch.equal(grads[0], before[0])  # the check does not change the gradients
     assert nonfinite_gradients([], found).item() == 0.0
+
+
+def test_options_changed_later_and_new_groups_are_honoured():
+    """The cached lists never hide a change: weight decay switched on after some steps, and a
+    parameter group added later, train as torch's Adam does."""
+    ours, x = _problem(3)
+    theirs, _ = _problem(3)
+    head_ours, head_theirs = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    head_theirs.load_state_dict(head_ours.state_dict())
+    opt_ours = FusedAdam(ours.parameters(), lr=1e-2)
+    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-2, fused=True)
+    for opt, net, head in ((opt_ours, ours, head_ours), (opt_theirs, theirs, head_theirs)):
+        _train(net, opt, x, 3)
+        opt.param_groups[0]["weight_decay"] = 0.1
+        _train(net, opt, x, 3)
+        opt.add_param_group({"params": head.parameters()})
+        _train(torch.nn.Sequential(net, head), opt, x, 3)
+    for p, q in zip(
+        [*ours.parameters(), *head_ours.parameters()],
+        [*theirs.parameters(), *head_theirs.parameters()],
+        strict=True,
+    ):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

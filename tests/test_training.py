@@ -213,25 +213,32 @@ def test_train_or_resume_starts_continues_and_refuses_another_config(tmp_path):
     assert (tmp_path / "split" / "metrics.jsonl").read_bytes() == before
 
 
-def _loss_and_grads(trainer, x, bfloat16):
-    trainer.bfloat16 = bfloat16
-    params = [p for p in trainer._global_params if p.requires_grad]
+def _step_loss_and_grads(trainer, x):
+    """One train_step on x: its loss, its gradients, and the dtypes the first layer saw."""
+    seen = []
+    first = next(m for m in trainer.posterior.modules() if isinstance(m, torch.nn.Linear))
+    hook = first.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     torch.manual_seed(3)  # the same eps for both precisions
-    with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
-        est = trainer.estimator(trainer.model, trainer.posterior(x, None), x)
-    loss = -est.surrogate.mean()
-    return est, loss, torch.autograd.grad(loss, params)
+    est = trainer.train_step(x, torch.arange(x.shape[0]))
+    hook.remove()
+    grads = [p.grad.clone() for p in trainer._global_params if p.grad is not None]
+    return est, grads, seen
 
 
 def test_bfloat16_step_is_the_float32_step_to_bfloat16_precision(tmp_path):
-    """Under autocast the networks compute in bfloat16 but every distribution stays float32, and
-    the loss and gradient agree with float32's to bfloat16's precision (8 bits: 0.4%)."""
-    trainer = Trainer(small_config(**{"train.precision": "bfloat16"}), tmp_path / "run")
-    x = trainer.data.x_test[:50]
-    est16, loss16, g16 = _loss_and_grads(trainer, x, True)
-    est32, loss32, g32 = _loss_and_grads(trainer, x, False)
-    assert est16.bound.dtype == est16.kl.dtype == torch.float32
-    assert abs(loss16.item() - loss32.item()) < 0.01 * abs(loss32.item())
+    """With train.precision = bfloat16 the networks compute in bfloat16, every distribution and
+    the logged bound stay float32, and the loss and gradient agree with float32's to
+    bfloat16's precision (8 bits)."""
+    x = Trainer(small_config(), tmp_path / "data").data.x_test[:50]
+    t16 = Trainer(small_config(**{"train.precision": "bfloat16"}), tmp_path / "a")
+    t32 = Trainer(small_config(), tmp_path / "b")  # the same seed: the same initial weights
+    est16, g16, seen16 = _step_loss_and_grads(t16, x)
+    est32, g32, seen32 = _step_loss_and_grads(t32, x)
+    assert seen16 == [torch.bfloat16] and seen32 == [torch.float32]
+    assert est16.bound.dtype == est16.kl.dtype == est16.log_lik.dtype == torch.float32
+    bound16, bound32 = est16.bound.mean().item(), est32.bound.mean().item()
+    assert bound16 != bound32  # bfloat16 did change the arithmetic
+    assert abs(bound16 - bound32) < 0.01 * abs(bound32)
     flat16, flat32 = torch.cat([g.flatten() for g in g16]), torch.cat([g.flatten() for g in g32])
     assert torch.nn.functional.cosine_similarity(flat16, flat32, dim=0) > 0.99
     assert (flat16 - flat32).norm() < 0.1 * flat32.norm()

@@ -42,8 +42,8 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = g.unsqueeze(-1)  # (..., 1)
         grad_h = grad_x = None
         if ctx.needs_input_grad[0]:
-            if torch.is_grad_enabled():  # create_graph: the gradient must be differentiable
-                grad_h = (x - torch.sigmoid(h)) * g
+            if torch.is_grad_enabled() or torch.broadcast_shapes(h.shape, x.shape) != h.shape:
+                grad_h = (x - torch.sigmoid(h)) * g  # create_graph needs it differentiable
             else:  # in place: one buffer instead of three
                 grad_h = torch.sigmoid(h).sub_(x).mul_(-g)
             grad_h = grad_h.sum_to_size(h.shape)
@@ -68,9 +68,17 @@ class IndependentBernoulli(Independent):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         h = self.base_dist.logits
-        if not torch.is_grad_enabled():
-            return torch.linalg.vecdot(value, h) - F.softplus(h).sum(-1)
-        return _BernoulliLogProb.apply(h, value)
+        dtype = torch.promote_types(h.dtype, value.dtype)  # as torch's Bernoulli promotes
+        h, value = h.to(dtype), value.to(dtype)
+        # in the input's precision even under autocast (which would take vecdot to bfloat16)
+        with torch.autocast(h.device.type, enabled=False):
+            if not torch.is_grad_enabled():
+                return torch.linalg.vecdot(value, h) - F.softplus(h).sum(-1)
+            return _BernoulliLogProb.apply(h, value)
+
+    def expand(self, batch_shape: torch.Size, _instance=None) -> IndependentBernoulli:  # noqa: ANN001
+        logits = self.base_dist.logits
+        return IndependentBernoulli(logits.expand(*batch_shape, *logits.shape[-1:]))
 
 
 class BernoulliLikelihood(Likelihood):

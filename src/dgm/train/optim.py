@@ -52,19 +52,31 @@ class FusedAdam(torch.optim.Adam):
         super().load_state_dict(state_dict)
         self._lists = None  # the moments are new tensors
 
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._lists = None
+
     def _cached_lists(self) -> list[tuple[list, list, list, list]] | None:
-        """Per group: parameters, first and second moments, step counters (once all exist)."""
+        """Per group: parameters, first and second moments, step counters (once all exist);
+        None where the fast path does not apply (checked every step: options may change)."""
+        if (
+            getattr(self, "grad_scale", None) is not None
+            or getattr(self, "found_inf", None) is not None
+        ):
+            return None  # GradScaler's flags: torch's own step handles them
+        for group in self.param_groups:
+            if (
+                group["amsgrad"]
+                or group["weight_decay"] != 0
+                or group["maximize"]
+                or isinstance(group["lr"], torch.Tensor)
+            ):
+                return None
         if self._lists is None:
             lists = []
             for group in self.param_groups:
                 params = group["params"]
-                if (
-                    group["amsgrad"]
-                    or group["weight_decay"] != 0
-                    or group["maximize"]
-                    or isinstance(group["lr"], torch.Tensor)
-                    or any("exp_avg" not in self.state[p] for p in params)
-                ):
+                if any("exp_avg" not in self.state[p] for p in params):
                     return None
                 states = [self.state[p] for p in params]
                 lists.append(
