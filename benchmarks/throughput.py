@@ -9,7 +9,7 @@ floor is the matrix products alone of one training step (forward, and backward f
 and the inputs), timed on the same machine in the same run. After the rounds each system's test
 ELBO (the same binarized test set) shows that nobody got fast by being wrong.
 
-    python benchmarks/throughput.py --rounds 5                # dgm, plain, floor
+    python benchmarks/throughput.py --rounds 5          # dgm (float32, bfloat16), plain, floor
     .venv-bench/bin/python benchmarks/throughput.py --rounds 5 --json out.json
                                                               # + Pyro and pythae (the bench extra)
 
@@ -55,8 +55,9 @@ def batches(x: torch.Tensor, g: torch.Generator):
 # -- systems: each is (train_one_epoch(), test_elbo()) ------------------------------------------
 
 
-def dgm_system(x, x_test):
+def dgm_system(x, x_test, precision: str = "float32"):
     overrides = {
+        "train.precision": precision,
         "model.hidden": [HIDDEN],
         "model.latent_dim": LATENT,
         "model.activation": "relu",
@@ -221,6 +222,7 @@ def pythae_system(x, x_test):
 
 SYSTEMS: dict[str, Callable] = {
     "dgm": dgm_system,
+    "dgm, bfloat16": lambda x, t: dgm_system(x, t, "bfloat16"),
     "plain PyTorch loop": plain_system,
     "Pyro Trace_ELBO": lambda x, t: pyro_system(x, t, "Trace_ELBO"),
     "Pyro TraceMeanField_ELBO": lambda x, t: pyro_system(x, t, "TraceMeanField_ELBO"),
