@@ -235,6 +235,25 @@ def test_a_transient_nan_step_is_skipped_and_training_goes_on(tmp_path):
     assert trainer.last_fault == (4, "expected log-likelihood E_q[log p(x|z)]")
 
 
+def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped(tmp_path):
+    """Only the gradient goes bad (a backward hook on the decoder's last weight): the loss is
+    finite, the one-pass gradient check still skips the step and names the gradient."""
+    trainer = Trainer(small_config(**{"train.epochs": 1}), tmp_path / "run")
+    weight = [m for m in trainer.model.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    weight = weight.weight
+    handle = weight.register_hook(
+        lambda g: g * float("inf") if trainer.step in (2, 5) else g  # inf * 0 -> nan too
+    )
+    history = trainer.fit()
+    handle.remove()
+    assert history[0]["skipped_steps"] == 2
+    assert trainer.last_fault == (5, "gradient of the loss")
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    state = trainer.optimizer.state[weight]
+    assert torch.isfinite(state["exp_avg"]).all() and torch.isfinite(state["exp_avg_sq"]).all()
+    assert int(state["step"]) == trainer.step - 2  # skipped steps are not counted by Adam
+
+
 def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_message(tmp_path):
     from dgm.train.checkpoint import load_checkpoint
     from dgm.train.loop import NumericalError
