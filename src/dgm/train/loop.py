@@ -331,10 +331,9 @@ class Trainer:
             self.local_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self._global_params if p.grad is not None]
-        finite = bool(torch.isfinite(loss)) and not bool(
-            nonfinite_gradients(grads, self._found_inf)
-        )
-        fault = None if finite else self._fault(est, loss)
+        bad = nonfinite_gradients(grads, self._found_inf)  # () float32: 1 if a gradient is bad
+        bad.add_(torch.isfinite(loss).logical_not())  # or the loss: one host read for both
+        fault = None if not bool(bad) else self._fault(est, loss)
         if self.dist.any(fault is not None) and fault is None:  # another rank's fault: skip too
             fault = "loss or gradient on another process"
         if fault is not None:
