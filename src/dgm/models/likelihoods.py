@@ -28,13 +28,18 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
+def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_d x_d h_d - softplus(h_d) over the last dimension: (..., D) -> (...,)."""
+    return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)
+
+
 class _BernoulliLogProb(torch.autograd.Function):
-    """sum_d x_d h_d - softplus(h_d) over the last dimension; gradient (x - sigmoid(h)) g."""
+    """:func:`_bernoulli_log_mass` with the gradient (x - sigmoid(h)) g written out."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         ctx.save_for_backward(h, x)
-        return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)  # (...,)
+        return _bernoulli_log_mass(h, x)  # (...,)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN001
@@ -59,7 +64,8 @@ class IndependentBernoulli(Independent):
 
     torch's Bernoulli goes through ``binary_cross_entropy_with_logits`` (a log-sigmoid with a
     buffer, a fill, a subtraction), a negation and a separate sum: in importance-sampled
-    evaluation, where this runs on k * n decoder outputs, that was a third of the time. Shapes:
+    evaluation, where this runs on k * n decoder outputs, that took half as long as the output
+    layer's matrix product (2,000 x 200 x 784, 2 threads). Shapes:
     logits (..., D), x broadcastable to them, log_prob (...,).
     """
 
@@ -73,7 +79,7 @@ class IndependentBernoulli(Independent):
         # in the input's precision even under autocast (which would take vecdot to bfloat16)
         with torch.autocast(h.device.type, enabled=False):
             if not torch.is_grad_enabled():
-                return torch.linalg.vecdot(value, h) - F.softplus(h).sum(-1)
+                return _bernoulli_log_mass(h, value)
             return _BernoulliLogProb.apply(h, value)
 
     def expand(self, batch_shape: torch.Size, _instance=None) -> IndependentBernoulli:  # noqa: ANN001
