@@ -158,6 +158,7 @@ def _train_and_report(config: Any, run_dir: Path, trainer: Any, args: argparse.N
     if main:
         print(f"run directory: {run_dir}", flush=True)
     start = time.perf_counter()
+    finished = False
     try:
         trainer = train_run(
             config,
@@ -168,8 +169,9 @@ def _train_and_report(config: Any, run_dir: Path, trainer: Any, args: argparse.N
             trainer=trainer,
             stop_on_signals=True,
         )
+        finished = True
     finally:
-        shutdown()
+        shutdown(wait=finished)  # every rank waits for rank 0's figures
     if not main:
         return 128 + trainer.stop_signal if trainer.stop_signal is not None else 0
     if trainer.stop_signal is not None:
@@ -616,6 +618,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    code = _run(args)
+    distributed = sys.modules.get("dgm.train.distributed")  # imported only by training
+    if distributed is not None:  # a torchrun worker ends here: see its end_process
+        distributed.end_process(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except DGMError as err:
