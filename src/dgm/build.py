@@ -60,11 +60,14 @@ def build_model(cfg: ModelConfig, data_dim: int) -> DeepLatentModel:
     return DeepLatentModel(HierarchicalPrior(sizes, nets), decoder, likelihood, data_dim)
 
 
-def build_posterior(config: Config, data_dim: int, num_examples: int) -> nn.Module:
-    """An encoder (amortized), or a per-datapoint table with one row per training example."""
+def build_posterior(
+    config: Config, data_dim: int, num_examples: int, shard: tuple[int, int] = (0, 1)
+) -> nn.Module:
+    """An encoder (amortized), or a per-datapoint table with one row per training example
+    (with ``shard=(rank, world)``, only the rows of the examples that rank owns)."""
     cfg = config.model
     if config.inference.kind == "local":
-        return LocalGaussian(num_examples, cfg.latent_dim)
+        return LocalGaussian(num_examples, cfg.latent_dim, shard=shard)
     if cfg.kind == "ae":
         return DeterministicEncoder(
             MLP(data_dim, cfg.hidden, cfg.latent_dim, cfg.activation), cfg.latent_dim

@@ -43,6 +43,7 @@ def fit_local_posterior(
     init: nn.Module | None = None,
     batch_size: int = 1000,
     on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> LocalGaussian:
     r"""Maximize each example's ELBO over its own (lambda_n, log eta_n) with Adam, theta frozen.
 
@@ -53,12 +54,17 @@ def fit_local_posterior(
     optimum by about ``lr``, which biases the optimized ELBO down. Examples are optimized in
     chunks of ``batch_size``; because each example's objective is separate and Adam acts per
     coordinate, chunking changes nothing but memory. The RNG is the global torch one (seed it
-    for reproducible fits).
+    for reproducible fits). With ``shard=(rank, world)`` only the examples n % world == rank
+    are fitted, into a table sharded alike (``LocalGaussian(shard=...)``: it answers for those
+    examples' global ids).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    table = LocalGaussian(x.shape[0], model.latent_dim, sparse=False, shard=shard)
+    table = table.to(device=x.device, dtype=x.dtype)
+    rank, world = shard
+    x = x[rank::world] if world > 1 else x  # the table's examples, in its rows' order
     n = x.shape[0]
-    table = LocalGaussian(n, model.latent_dim, sparse=False).to(device=x.device, dtype=x.dtype)
     estimator = Reparameterized(k=k, kl="analytic")
     was_training = model.training
     model.eval()

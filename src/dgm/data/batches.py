@@ -107,6 +107,10 @@ class TensorBatches:
         shard: ``(rank, world)``: with world > 1 every rank orders the data alike (the same
             ``generator`` seed) and takes the rows ``rank::world`` of each global batch of
             ``B`` (so ``B`` must be divisible by world, and the last short batch is dropped).
+        shard_examples: with world > 1, each rank instead keeps to its own examples, those whose
+            id n has n % world == rank (per-datapoint tables sharded alike): it takes them in the
+            common order, B / world at a time, for ``floor(N / world) // (B / world)`` batches
+            on every rank (so the ranks step together).
         noise_generator: drives the dynamic binarization and the dequantization noise
             instead of ``generator`` (each rank its own); default: ``generator``.
     """
@@ -123,6 +127,7 @@ class TensorBatches:
         dequantize: bool = False,
         shard: tuple[int, int] = (0, 1),
         noise_generator: torch.Generator | None = None,
+        shard_examples: bool = False,
     ) -> None:
         if x.ndim != 2 or not x.is_floating_point():
             raise UsageError(
@@ -157,6 +162,7 @@ class TensorBatches:
                 "divisible by world"
             )
         self.shard = (rank, world)
+        self.shard_examples = shard_examples and world > 1
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
@@ -171,8 +177,12 @@ class TensorBatches:
         return self.x.shape[0]
 
     def __len__(self) -> int:
-        """Batches per epoch: ``floor(N / B)`` with ``drop_last``, else ``ceil(N / B)``."""
+        """Batches per epoch: ``floor(N / B)`` with ``drop_last``, else ``ceil(N / B)``
+        (with ``shard_examples``: ``floor(N / world) // (B / world)``)."""
         n, b = self.num_examples, self.batch_size
+        if self.shard_examples:
+            world = self.shard[1]
+            return (n // world) // (b // world)
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -183,9 +193,11 @@ class TensorBatches:
             order = torch.arange(n, device=device)  # (N,)
         rank, world = self.shard
         noise = self.noise_generator
+        if self.shard_examples:  # this rank's examples in the common order, B / world a batch
+            order, b = order[order % world == rank], b // world
         for start in range(0, len(self) * b, b):
             index = order[start : start + b]  # (B,)
-            if world > 1:
+            if world > 1 and not self.shard_examples:
                 index = index[rank::world]  # (B / world,): this rank's share
             x = self.x.index_select(0, index)  # (B, D); half the time of self.x[index]
             if self.binarize is Binarize.DYNAMIC:

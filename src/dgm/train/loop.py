@@ -48,6 +48,7 @@ from dgm.train.checkpoint import (
 )
 from dgm.train.distributed import from_environment
 from dgm.train.optim import FusedAdam, nonfinite_gradients
+from dgm.variational.local import gather_rows, shard_rows
 
 
 class NumericalError(DGMError):
@@ -115,14 +116,18 @@ def iwae_stage(epoch: float, epochs: int) -> int:
 
 class _Objective(torch.nn.Module):
     """The estimator applied to (model, posterior) as one module, for DistributedDataParallel,
-    which needs the forward pass to go through it; returns (surrogate, bound, log_lik, kl)."""
+    which needs the forward pass to go through it; returns (surrogate, bound, log_lik, kl).
 
-    def __init__(self, model: torch.nn.Module, posterior: torch.nn.Module, estimator) -> None:
+    A per-datapoint table stays outside (``posterior=None``, its q passed to ``forward``): its
+    rows are each rank's own, and their gradients must not be averaged across ranks."""
+
+    def __init__(self, model: torch.nn.Module, posterior: torch.nn.Module | None, estimator):
         super().__init__()
         self.model, self.posterior, self.estimator = model, posterior, estimator
 
-    def forward(self, x: torch.Tensor, index: torch.Tensor, kl_weight: float):
-        est = self.estimator(self.model, self.posterior(x, index), x, kl_weight)
+    def forward(self, x: torch.Tensor, index: torch.Tensor, kl_weight: float, q=None):
+        q = self.posterior(x, index) if q is None else q
+        est = self.estimator(self.model, q, x, kl_weight)
         return est.surrogate, est.bound, est.log_lik, est.kl
 
 
@@ -157,7 +162,8 @@ class Trainer:
         self.local = config.inference.kind == "local"
         self.bfloat16 = config.train.precision == "bfloat16"  # autocast in train_step only
         self.model = build_model(config.model, data_dim).to(self.device)
-        self.posterior = build_posterior(config, data_dim, self.data.x_train.shape[0])
+        shard = (self.dist.rank, self.dist.world)  # a per-datapoint table: this rank's rows
+        self.posterior = build_posterior(config, data_dim, self.data.x_train.shape[0], shard)
         self.posterior = self.posterior.to(self.device)
         if config.model.init_output_bias:
             self.model.init_output_bias(self.data.x_train.mean(0))  # grey levels' mean, (D,)
@@ -188,7 +194,8 @@ class Trainer:
             rank_seed = config.train.seed + 1_000_003 * (self.dist.rank + 1)
             self.noise_generator = torch.Generator(self.device).manual_seed(rank_seed)
             torch.manual_seed(rank_seed)
-            self.ddp = _data_parallel(self.model, self.posterior, self.estimator, self.device)
+            shared = None if self.local else self.posterior  # tables: each rank's own rows
+            self.ddp = _data_parallel(self.model, shared, self.estimator, self.device)
         self.batches = TensorBatches(
             self.data.x_train,
             batch_size=tc.batch_size,
@@ -199,6 +206,7 @@ class Trainer:
             dequantize=config.data.dequantize,
             shard=(self.dist.rank, self.dist.world),
             noise_generator=self.noise_generator,
+            shard_examples=self.local,  # each rank trains the rows it holds
         )
         self.epoch = 0
         self.step = 0
@@ -212,11 +220,6 @@ class Trainer:
 
     @staticmethod
     def _check_distributed(config: Config, world: int) -> None:
-        if config.inference.kind == "local":
-            raise UsageError(
-                "inference.kind = 'local' is not supported on several processes yet "
-                "(the per-datapoint tables would have to be sharded by example id)"
-            )
         if config.train.batch_size % world:
             raise UsageError(
                 f"train.batch_size = {config.train.batch_size} must be divisible by the "
@@ -322,7 +325,8 @@ class Trainer:
             self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
             if self.ddp is not None:  # gradients are averaged across ranks during backward
-                est = Estimate(*self.ddp(x, index, beta))
+                q = self.posterior(x, index) if self.local else None  # this rank's rows
+                est = Estimate(*self.ddp(x, index, beta, q))
             else:
                 est = self.estimator(self.model, self.posterior(x, index), x, beta)
         loss = -est.surrogate.mean()
@@ -375,8 +379,9 @@ class Trainer:
                 (-est.surrogate.mean()).backward()
                 self.local_optimizer.step()
 
-    def test_posterior(self, x: torch.Tensor) -> torch.nn.Module:
-        """The q used on held-out x: the encoder, or (local inference) a fresh E-step fit."""
+    def test_posterior(self, x: torch.Tensor, shard: tuple[int, int] = (0, 1)) -> torch.nn.Module:
+        """The q used on held-out x: the encoder, or (local inference) a fresh E-step fit (of
+        the examples n % world == rank only, with ``shard=(rank, world)``)."""
         if not self.local:
             return self.posterior
         ic = self.config.inference
@@ -386,6 +391,7 @@ class Trainer:
             steps=ic.test_steps,
             lr=ic.test_lr,
             batch_size=self.config.train.eval_batch_size,
+            shard=shard,
         )
 
     def evaluate(self, x: torch.Tensor | None = None) -> dict[str, float]:
@@ -395,7 +401,7 @@ class Trainer:
         (``inference.test_steps`` Adam steps each): the E-step of VB-EM.
         """
         x = self.data.x_test if x is None else x
-        posterior = self.test_posterior(x)
+        posterior = self.test_posterior(x, shard=(self.dist.rank, self.dist.world))
         return self._evaluate_with(posterior, x)
 
     @torch.inference_mode()
@@ -407,8 +413,9 @@ class Trainer:
         bs = self.config.train.eval_batch_size
         rank, world = self.dist.rank, self.dist.world
         for start in range(0, x.shape[0], bs):
-            index = torch.arange(start, min(start + bs, x.shape[0]), device=x.device)
-            index = index[rank::world]  # distributed: this rank's share of the test set
+            # distributed: this rank's share of the test set, the ids n % world == rank
+            first = start + (rank - start) % world
+            index = torch.arange(first, min(start + bs, x.shape[0]), world, device=x.device)
             x_b = x[index]
             est = self.estimator(self.model, posterior(x_b, index), x_b)
             totals += torch.stack([est.bound.sum(), est.log_lik.sum(), est.kl.sum()]).double()
@@ -427,7 +434,7 @@ class Trainer:
             config=self.config.to_dict(),
             modules={
                 "model": self.model.state_dict(),
-                "posterior": self.posterior.state_dict(),
+                "posterior": self._posterior_state(),
                 "estimator": self.estimator.state_dict(),
             },
             optimizer=self._optimizer_state(),
@@ -491,7 +498,7 @@ class Trainer:
                 f"not {self.config.inference.kind!r}"
             )
         load_module_state(self.model, ckpt.modules["model"], path)
-        load_module_state(self.posterior, ckpt.modules["posterior"], path)
+        load_module_state(self.posterior, self._own_rows(ckpt.modules["posterior"]), path)
         # runs saved before estimators had state (issue 2) carry no "estimator" entry
         load_module_state(self.estimator, ckpt.modules.get("estimator", {}), path)
         self.epoch, self.step = ckpt.epoch, ckpt.step
@@ -513,10 +520,39 @@ class Trainer:
         self.bad_steps = 0
         return path
 
+    # per-datapoint tables on several processes: each rank holds the rows n % world == rank
+    # (LocalGaussian(shard=...)); checkpoints hold whole tables, assembled on rank 0 and cut
+    # into each rank's rows on restore. The tables' Adam moments are sharded the same way.
+    _ROWS = ("lam", "log_eta", "exp_avg", "exp_avg_sq")
+
+    def _whole_rows(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with its row tensors (``_ROWS``) put together from every rank's rows (on
+        rank 0; the other ranks' return values are not written)."""
+        if not (self.local and self.dist.enabled):
+            return state
+        shards = self.dist.gather(state)
+        return {
+            k: gather_rows([shard[k] for shard in shards]) if k in self._ROWS else v
+            for k, v in state.items()
+        }
+
+    def _own_rows(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with its whole-table row tensors cut down to this rank's rows."""
+        if not (self.local and self.dist.enabled):
+            return state
+        rank, world = self.dist.rank, self.dist.world
+        return {k: shard_rows(v, rank, world) if k in self._ROWS else v for k, v in state.items()}
+
+    def _posterior_state(self) -> dict[str, Any]:
+        return self._whole_rows(self.posterior.state_dict())
+
     def _optimizer_state(self) -> dict[str, Any]:
         state = {"global": self.optimizer.state_dict()}
         if self.local_optimizer is not None:
-            state["local"] = self.local_optimizer.state_dict()
+            local = self.local_optimizer.state_dict()
+            per_param = local["state"]
+            local["state"] = {i: self._whole_rows(per_param[i]) for i in sorted(per_param)}
+            state["local"] = local
         return state
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
@@ -526,7 +562,9 @@ class Trainer:
             raise ValueError(f"expected optimizer states for global/local, found {sorted(state)}")
         self.optimizer.load_state_dict(state["global"])
         if self.local_optimizer is not None:
-            self.local_optimizer.load_state_dict(state["local"])
+            local = dict(state["local"])
+            local["state"] = {i: self._own_rows(v) for i, v in local["state"].items()}
+            self.local_optimizer.load_state_dict(local)
 
     # -- the whole run ---------------------------------------------------------------------------
     def fit(

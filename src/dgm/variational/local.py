@@ -22,6 +22,13 @@ class LocalGaussian(nn.Module):
 
     ``sparse=True`` (the default) makes the gradients sparse, for ``torch.optim.SparseAdam``;
     ``sparse=False`` gives dense gradients, for a dense optimizer over all rows at once.
+
+    ``shard=(rank, world)`` keeps only the rows of the examples this rank owns, those whose id
+    n has n % world == rank (the table's row n // world); ``forward`` and ``set_rows`` take the
+    examples' global ids, which must be the rank's own. Data-parallel training gives each rank
+    its own examples (see ``TensorBatches(shard_examples=True)``), so that the rows need no
+    communication; :func:`gather_rows` and :func:`shard_rows` convert between the shards and
+    the whole (N, d) table that checkpoints hold.
     """
 
     def __init__(
@@ -30,28 +37,58 @@ class LocalGaussian(nn.Module):
         latent_dim: int,
         init_scale: float = 1.0,
         sparse: bool = True,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         super().__init__()
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {shard}: expected (rank, world) with 0 <= rank < world")
         self.num_examples = num_examples
         self.latent_dim = latent_dim
         self.sparse = sparse
+        self.shard = (rank, world)
+        rows = len(range(rank, num_examples, world))  # the ids rank, rank + world, ...
         # every q_n starts at N(0, init_scale^2 I); with init_scale = 1 that is the prior
-        self.lam = nn.Parameter(torch.zeros(num_examples, latent_dim))
-        self.log_eta = nn.Parameter(torch.full((num_examples, latent_dim), float(init_scale)).log())
+        self.lam = nn.Parameter(torch.zeros(rows, latent_dim))
+        self.log_eta = nn.Parameter(torch.full((rows, latent_dim), float(init_scale)).log())
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The table rows of the examples ``index`` (global ids, this rank's own)."""
+        world = self.shard[1]
+        return index if world == 1 else torch.div(index, world, rounding_mode="floor")
 
     @torch.no_grad()
     def set_rows(self, q: Distribution, index: torch.Tensor | None = None) -> None:
-        """Copy a diagonal Gaussian's loc and scale (batch (B,)) into the rows ``index``."""
-        index = torch.arange(self.num_examples, device=self.lam.device) if index is None else index
+        """Copy a diagonal Gaussian's loc and scale (batch (B,)) into the examples ``index``
+        (default: all this table's examples, in order)."""
+        rows = torch.arange(self.lam.shape[0], device=self.lam.device)
+        rows = rows if index is None else self.rows(index)
         base = q.base_dist if isinstance(q, Independent) else q
-        self.lam[index] = base.loc.to(self.lam)
-        self.log_eta[index] = base.scale.log().to(self.log_eta)
+        self.lam[rows] = base.loc.to(self.lam)
+        self.log_eta[rows] = base.scale.log().to(self.log_eta)
 
     def forward(self, x: torch.Tensor | None, index: torch.Tensor | None = None) -> Distribution:
         if index is None:
             raise ValueError("a per-datapoint posterior needs the examples' indices: q(x, index)")
-        lam = F.embedding(index, self.lam, sparse=self.sparse)  # (B, d)
-        log_eta = F.embedding(index, self.log_eta, sparse=self.sparse)  # (B, d)
+        rows = self.rows(index)
+        lam = F.embedding(rows, self.lam, sparse=self.sparse)  # (B, d)
+        log_eta = F.embedding(rows, self.log_eta, sparse=self.sparse)  # (B, d)
         return Independent(Normal(lam, log_eta.exp(), validate_args=False), 1, validate_args=False)
+
+
+def gather_rows(shards: list[torch.Tensor]) -> torch.Tensor:
+    """The whole table from the shards of ranks 0..W-1 (``shards[r]`` holds the rows of the
+    ids r, r + W, ...): row n of the result is ``shards[n % W][n // W]``."""
+    world = len(shards)
+    n = sum(s.shape[0] for s in shards)
+    full = shards[0].new_empty((n, *shards[0].shape[1:]))
+    for rank, shard in enumerate(shards):
+        full[rank::world] = shard
+    return full
+
+
+def shard_rows(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s rows of a whole (N, ...) table: those of the ids n % world == rank."""
+    return full[rank::world].clone()
