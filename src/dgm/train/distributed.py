@@ -5,7 +5,9 @@ averages the gradients across ranks after every backward pass. Every rank draws 
 permutation of the training set (the data generator has the same seed everywhere) and takes its
 own strided share of each global batch, so a run on N processes with per-rank batch B / N sees
 the same batches as one process with batch B. The noise (binarization, z ~ q) is drawn from
-per-rank generators. Metrics are summed across ranks; only rank 0 writes files.
+per-rank generators. Metrics are summed across ranks; only rank 0 writes files. Per-datapoint
+tables (VB-EM) are sharded by example id instead: rank r holds and trains the rows of the
+examples n % world == r, and its batches hold only those (see dgm.variational.local).
 
     torchrun --nproc-per-node 2 -m dgm train configs/mnist_vae.toml --out runs/ddp
 
