@@ -53,6 +53,33 @@ def test_fused_bernoulli_log_prob_and_gradients_are_torchs(x_shape):
         torch.testing.assert_close(BernoulliLikelihood()(h).log_prob(x), ref.detach())
 
 
+@pytest.mark.parametrize("d", [1, 2, 37, 112, 784, 3072])
+def test_bernoulli_log_mass_in_float32_is_the_float64_softplus_form(d):
+    """The evaluation path (products of up to 112 sigmoids, one log each) agrees with
+    x.h - sum softplus(h) computed in float64 to float32 rounding, for any D (odd, prime, 784,
+    3072), at logits from 0 (every factor 1/2: the smallest products, 2^-112) to +-100."""
+    g = torch.Generator().manual_seed(d)
+    scales = [0.0, 1.0, 8.0, 100.0]
+    h = torch.cat([s * torch.randn(50, d, generator=g) for s in scales])  # (200, D)
+    reps = -(-(1 << 16) // (200 * d))  # large enough for the product form (small: softplus)
+    h = h.expand(reps, 200, d)
+    x = (torch.rand(200, d, generator=g) < 0.3).float()
+    with torch.inference_mode():
+        ours = BernoulliLikelihood()(h).log_prob(x)
+    hd, xd = h.double(), x.double()
+    ref = (xd * hd - torch.nn.functional.softplus(hd)).sum(-1)
+    assert torch.isfinite(ours).all()
+    scale = (xd * hd).abs().sum(-1) + torch.nn.functional.softplus(hd).sum(-1)  # the terms' size
+    err = (ours.double() - ref).abs()
+    assert (err <= 1e-6 * scale + 1e-5).all(), (err / (scale + 1)).max()
+    torch.testing.assert_close(
+        ours[:, :50].double(),
+        torch.full((h.shape[0], 50), -d * math.log(2), dtype=torch.float64),
+        rtol=1e-6,
+        atol=0,
+    )
+
+
 def test_fused_bernoulli_under_autocast_and_mixed_dtypes():
     """Under bfloat16 autocast the log-mass stays float32 (a bfloat16 x.h is off by nats), and
     float32 data with float64 logits promote as torch's Bernoulli does."""
@@ -81,6 +108,30 @@ def test_tanh_in_inference_mode_is_tanh():
         assert torch.equal(Tanh()(a), torch.tanh(a))  # elsewhere: torch's own
     b = a[::1000].clone().requires_grad_()
     assert torch.equal(Tanh()(b), torch.tanh(b))
+
+
+@pytest.mark.parametrize("hidden", [[], [7], [200, 200], [300, 100, 50]])
+def test_a_tanh_mlp_in_inference_mode_is_the_same_function(hidden):
+    """Under inference_mode a tanh MLP runs as a sigmoid MLP with its weights rescaled; it is
+    the same function (float64: to 1e-12; float32: to rounding) and leaves the weights alone."""
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 3e-6)):
+        mlp = MLP(50, hidden, 784).to(dtype)
+        with torch.no_grad():
+            for p in mlp.parameters():
+                p.mul_(3)  # saturate some units
+        before = [p.clone() for p in mlp.parameters()]
+        x = 2 * torch.randn(13, 5, 50, dtype=dtype)
+        ref = mlp(x)
+        with torch.inference_mode():
+            fast = mlp(x)
+        assert fast.shape == ref.shape
+        torch.testing.assert_close(fast, ref.detach(), rtol=0, atol=tol * ref.abs().max().item())
+        assert all(torch.equal(p, q) for p, q in zip(mlp.parameters(), before, strict=True))
+    relu = MLP(50, [20], 10, activation="relu")
+    x = torch.randn(4, 50)
+    with torch.inference_mode():
+        assert torch.equal(relu(x), relu[2](relu[1](relu[0](x))))
 
 
 @pytest.mark.parametrize("sigma", [1.0, 0.3])

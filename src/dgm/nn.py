@@ -64,8 +64,34 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Act on the last dimension; leading ones pass through: (..., in) -> (..., out)."""
+        if (
+            torch.is_inference_mode_enabled()
+            and len(self) > 1
+            and isinstance(self[1], Tanh)
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
+            return self._sigmoid_form(x)
         out = super().forward(x)
         return out if out.dtype == x.dtype or not x.is_floating_point() else out.to(x.dtype)
+
+    def _sigmoid_form(self, x: torch.Tensor) -> torch.Tensor:
+        r"""A tanh MLP evaluated as a sigmoid one (evaluation: ``torch.inference_mode``).
+
+        With tanh(a) = 2 sigmoid(2a) - 1, each hidden layer keeps s = sigmoid(2a) and the next
+        layer takes W (2s - 1) + b = (2W) s + (b - W 1): the 2 and the -1 go into the weights
+        (a few operations on the weights per call) instead of three passes over every hidden
+        activation; in importance-sampled evaluation those passes cost about 3% of the time.
+        """
+        linears = list(self)[0::2]
+        s = x
+        for i, layer in enumerate(linears):
+            w, b = layer.weight, layer.bias
+            if i > 0:  # the input is s = (h + 1) / 2 of the previous layer's h = tanh(a)
+                w, b = 2.0 * w, b - w.sum(1)
+            if i == len(linears) - 1:
+                return torch.nn.functional.linear(s, w, b)
+            s = torch.sigmoid_(torch.nn.functional.linear(s, 2.0 * w, 2.0 * b))
+        raise AssertionError("unreachable: an MLP ends with a Linear")
 
 
 class MaskedLinear(nn.Linear):

@@ -28,9 +28,42 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
+#: at most this many factors sigma(|h|) >= 1/2 go into one product: >= 2^-112, still a normal
+#: float32 (>= 2^-126)
+_MAX_FACTORS = 112
+#: logits below this many elements take the softplus form (the product form's dozen operations
+#: cost about 5 us each in overhead, which its 1-1.5 ns per element saves back from here on)
+_PRODUCT_FORM_MIN = 1 << 16
+
+
 def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum_d x_d h_d - softplus(h_d) over the last dimension: (..., D) -> (...,)."""
-    return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)
+    r"""sum_d x_d h_d - softplus(h_d) over the last dimension: (..., D) -> (...,), without
+    autograd (the gradient is :class:`_BernoulliLogProb`'s).
+
+    softplus(h) = relu(h) - log sigmoid(|h|), and sum_d relu(h_d) = (sum_d h_d + |h_d|) / 2, so
+
+        log p(x | h) = x . h - (sum_d h_d + |h_d|) / 2 + log prod_d sigmoid(|h_d|)
+
+    with one logarithm per product of up to 112 factors in [1/2, 1] (no underflow) instead of
+    one per pixel. torch's softplus costs 3.1 ns per element on this CPU (an exp and a log1p,
+    each about as dear as the whole sigmoid), this 2.0-2.5 ns; the value agrees with the
+    softplus form to float32 rounding (tested against float64). Small inputs (a training
+    batch of 20) keep the softplus form, which is fewer operations.
+    """
+    if h.numel() < _PRODUCT_FORM_MIN:  # a dozen operations' overhead would cost more
+        return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)
+    a = h.abs()
+    relu_sum = (h.sum(-1) + a.sum(-1)).mul_(0.5)  # sum_d max(h_d, 0)
+    p = torch.sigmoid_(a) if a.is_floating_point() else torch.sigmoid(a)  # in [1/2, 1]
+    factors = 1  # each entry of p is a product of this many sigmoids
+    while p.shape[-1] % 2 == 0 and 2 * factors <= _MAX_FACTORS:  # pairwise, contiguous halves
+        p = p.unflatten(-1, (2, p.shape[-1] // 2)).prod(-2)
+        factors *= 2
+    d = p.shape[-1]
+    group = max(m for m in range(1, d + 1) if d % m == 0 and m * factors <= _MAX_FACTORS)
+    if group > 1:
+        p = p.unflatten(-1, (group, d // group)).prod(-2)
+    return torch.linalg.vecdot(x, h) - relu_sum + p.log_().sum(-1)
 
 
 class _BernoulliLogProb(torch.autograd.Function):
