@@ -45,8 +45,9 @@ def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         log p(x | h) = x . h - (sum_d h_d + |h_d|) / 2 + log prod_d sigmoid(|h_d|)
 
     with one logarithm per product of up to 112 factors in [1/2, 1] (no underflow) instead of
-    one per pixel. torch's softplus costs 3.1 ns per element on this CPU (an exp and a log1p,
-    each about as dear as the whole sigmoid), this 2.0-2.5 ns; the value agrees with the
+    one per pixel. On this CPU (1 thread) torch's softplus costs 1.6 ns per element (an exp,
+    0.8, and a log1p, 0.9; a sigmoid 0.4) and the whole log-mass 1.8 ns in the softplus form,
+    1.35 ns in this one (measured on 10 x 100 x 784 logits); the value agrees with the
     softplus form to float32 rounding (tested against float64). Small inputs (a training
     batch of 20) keep the softplus form, which is fewer operations.
     """
