@@ -69,6 +69,15 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj``, in rank order, on rank 0 only (None elsewhere): for what only
+        rank 0 writes, without a copy of everything on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] | None = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
 
 def from_environment(device_type: str = "cpu") -> Distributed:
     """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE,

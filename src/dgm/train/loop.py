@@ -526,11 +526,13 @@ class Trainer:
     _ROWS = ("lam", "log_eta", "exp_avg", "exp_avg_sq")
 
     def _whole_rows(self, state: dict[str, Any]) -> dict[str, Any]:
-        """``state`` with its row tensors (``_ROWS``) put together from every rank's rows (on
-        rank 0; the other ranks' return values are not written)."""
+        """``state`` with its row tensors (``_ROWS``) put together from every rank's rows, on
+        rank 0; the other ranks (which write nothing) get their own ``state`` back."""
         if not (self.local and self.dist.enabled):
             return state
-        shards = self.dist.gather(state)
+        shards = self.dist.gather_to_main(state)
+        if shards is None:
+            return state
         return {
             k: gather_rows([shard[k] for shard in shards]) if k in self._ROWS else v
             for k, v in state.items()
