@@ -254,3 +254,53 @@ def test_bfloat16_training_learns_as_float32_does_and_is_refused_with_a_flow(tmp
     assert abs(after - reference) < 5, (after, reference)  # the same seed, data and steps
     with pytest.raises(Exception, match="train.precision = 'bfloat16'"):
         small_config(**{"train.precision": "bfloat16", "model.posterior": "planar:2"})
+
+
+def test_the_forward_that_ddp_and_compile_wrap_returns_the_estimators_fields(tmp_path):
+    """The training forward of several processes (and of train.compile) is the estimator
+    wrapped as one module; its outputs must land in the right fields: with the score-function
+    estimator the surrogate (which carries the gradient) differs from the bound."""
+    from dgm.estimators import Estimate
+    from dgm.train.loop import _Objective
+
+    trainer = Trainer(small_config(**{"objective.estimator": "score"}), tmp_path / "run")
+    x, index = trainer.data.x_test[:20], torch.arange(20)
+    encoder = list(trainer.posterior.parameters())
+
+    def grad(t):  # of the batch mean, to the encoder
+        return torch.cat([g.flatten() for g in torch.autograd.grad(t.mean(), encoder)])
+
+    torch.manual_seed(0)
+    ref = trainer.estimator(trainer.model, trainer.posterior(x, index), x, 1.0)
+    torch.manual_seed(0)
+    wrapped = _Objective(trainer.model, trainer.posterior, trainer.estimator)
+    out = Estimate(*wrapped(x, index, 1.0))
+    for name in ("bound", "surrogate", "log_lik", "kl"):
+        assert torch.equal(getattr(out, name), getattr(ref, name)), name
+    ref_grad = grad(ref.surrogate)  # the bound has the same values and no such gradient
+    assert ref_grad.abs().sum() > 0 and not ref.bound.requires_grad
+    assert torch.equal(grad(out.surrogate), ref_grad)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_a_compiled_step_is_the_eager_step(tmp_path, monkeypatch):
+    """train.compile = true: torch.compile (inductor) of the training forward gives the eager
+    step's bound and gradients to float32 rounding (inductor's own random numbers switched to
+    torch's, so that both draw the same eps)."""
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    x, index = Trainer(small_config(), tmp_path / "data").data.x_test[:50], torch.arange(50)
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        trainer = Trainer(small_config(**{"train.compile": compile_}), tmp_path / name)
+        assert isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule) == compile_
+        torch.manual_seed(3)
+        est = trainer.train_step(x, index)
+        grads = [p.grad.clone() for p in trainer._global_params if p.grad is not None]
+        runs[name] = (est, grads)
+    (eager, g_eager), (compiled, g_compiled) = runs["eager"], runs["compiled"]
+    torch.testing.assert_close(compiled.bound, eager.bound, rtol=1e-5, atol=1e-4)
+    assert len(g_eager) == len(g_compiled) > 0
+    for a, b in zip(g_compiled, g_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

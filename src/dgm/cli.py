@@ -62,6 +62,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "k": ("objective.k", int, "samples of z per example in the training bound"),
     "device": ("train.device", str, "auto, cpu, cuda, cuda:N"),
     "precision": ("train.precision", str, "float32, or bfloat16 for the training step's networks"),
+    "compile": ("train.compile", None, "torch.compile the training step's forward and backward"),
     "train_limit": ("data.train_limit", int, "use only the first N training examples"),
     "test_limit": ("data.test_limit", int, "use only the first N test examples"),
 }
@@ -542,9 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for flag, (key, typ, help_text) in TRAIN_FLAGS.items():
-        if flag == "download":
+        if typ is None:  # a switch: present or absent
             p.add_argument(
-                "--download", action="store_true", default=None, help=f"{help_text} [{key}]"
+                "--" + flag, action="store_true", default=None, help=f"{help_text} [{key}]"
             )
             continue
         p.add_argument(

@@ -20,7 +20,8 @@ class Tanh(nn.Tanh):
     """
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        if not torch.is_inference_mode_enabled():
+        # torch.compile traces training only: no graph break on the inference-mode query
+        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
             return torch.tanh(a)
         return torch.sigmoid(2.0 * a).mul_(2.0).sub_(1.0)
 
@@ -65,7 +66,8 @@ class MLP(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Act on the last dimension; leading ones pass through: (..., in) -> (..., out)."""
         if (
-            torch.is_inference_mode_enabled()
+            not torch.compiler.is_compiling()
+            and torch.is_inference_mode_enabled()
             and len(self) > 1
             and isinstance(self[1], Tanh)
             and not torch.is_autocast_enabled(x.device.type)

@@ -112,6 +112,8 @@ class IndependentBernoulli(Independent):
         h, value = h.to(dtype), value.to(dtype)
         # in the input's precision even under autocast (which would take vecdot to bfloat16)
         with torch.autocast(h.device.type, enabled=False):
+            if torch.compiler.is_compiling():  # train.compile: autograd's formula, fused there
+                return torch.linalg.vecdot(value, h) - F.softplus(h).sum(-1)
             if not torch.is_grad_enabled():
                 return _bernoulli_log_mass(h, value)
             return _BernoulliLogProb.apply(h, value)

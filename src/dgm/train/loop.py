@@ -116,7 +116,8 @@ def iwae_stage(epoch: float, epochs: int) -> int:
 
 class _Objective(torch.nn.Module):
     """The estimator applied to (model, posterior) as one module, for DistributedDataParallel,
-    which needs the forward pass to go through it; returns (surrogate, bound, log_lik, kl).
+    which needs the forward pass to go through it (and for ``torch.compile``); returns the
+    fields of :class:`Estimate` in its order, (bound, surrogate, log_lik, kl).
 
     A per-datapoint table stays outside (``posterior=None``, its q passed to ``forward``): its
     rows are each rank's own, and their gradients must not be averaged across ranks."""
@@ -128,14 +129,14 @@ class _Objective(torch.nn.Module):
     def forward(self, x: torch.Tensor, index: torch.Tensor, kl_weight: float, q=None):
         q = self.posterior(x, index) if q is None else q
         est = self.estimator(self.model, q, x, kl_weight)
-        return est.surrogate, est.bound, est.log_lik, est.kl
+        return est.bound, est.surrogate, est.log_lik, est.kl
 
 
-def _data_parallel(model, posterior, estimator, device: torch.device) -> torch.nn.Module:
+def _data_parallel(objective: _Objective, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(_Objective(model, posterior, estimator), device_ids=ids)
+    return DistributedDataParallel(objective, device_ids=ids)
 
 
 class Trainer:
@@ -190,12 +191,17 @@ class Trainer:
         # noise (binarization, and z ~ q through the global RNG) is its own
         self.noise_generator = None
         self.ddp: torch.nn.Module | None = None
+        # the training forward: the estimator on (model, posterior); tables stay outside it
+        objective = _Objective(self.model, None if self.local else self.posterior, self.estimator)
         if self.dist.enabled:
             rank_seed = config.train.seed + 1_000_003 * (self.dist.rank + 1)
             self.noise_generator = torch.Generator(self.device).manual_seed(rank_seed)
             torch.manual_seed(rank_seed)
-            shared = None if self.local else self.posterior  # tables: each rank's own rows
-            self.ddp = _data_parallel(self.model, shared, self.estimator, self.device)
+            self.ddp = _data_parallel(objective, self.device)  # tables: each rank's own rows
+        forward = self.ddp if self.ddp is not None else objective
+        # train.compile: torch.compile of the training forward (and so of its backward); the
+        # modules themselves stay uncompiled, so checkpoints and evaluation are unchanged
+        self._forward = torch.compile(forward) if tc.compile else forward
         self.batches = TensorBatches(
             self.data.x_train,
             batch_size=tc.batch_size,
@@ -324,11 +330,9 @@ class Trainer:
         if self.local_optimizer is not None:
             self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
-            if self.ddp is not None:  # gradients are averaged across ranks during backward
-                q = self.posterior(x, index) if self.local else None  # this rank's rows
-                est = Estimate(*self.ddp(x, index, beta, q))
-            else:
-                est = self.estimator(self.model, self.posterior(x, index), x, beta)
+            q = self.posterior(x, index) if self.local else None  # a table: the batch's rows
+            # distributed: DDP averages the gradients across ranks during backward
+            est = Estimate(*self._forward(x, index, beta, q))
         loss = -est.surrogate.mean()
         self.optimizer.zero_grad(set_to_none=True)
         if self.local_optimizer is not None:
