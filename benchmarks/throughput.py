@@ -9,7 +9,9 @@ floor is the matrix products alone of one training step (forward, and backward f
 and the inputs), timed on the same machine in the same run. After the rounds each system's test
 ELBO (the same binarized test set) shows that nobody got fast by being wrong.
 
-    python benchmarks/throughput.py --rounds 5          # dgm (float32, bfloat16), plain, floor
+    python benchmarks/throughput.py --rounds 5          # dgm (float32, bfloat16, compiled),
+                                                        # plain, floor
+    python benchmarks/throughput.py --only plain --only "dgm, compiled"     # a subset
     .venv-bench/bin/python benchmarks/throughput.py --rounds 5 --json out.json
                                                               # + Pyro and pythae (the bench extra)
 
@@ -55,9 +57,10 @@ def batches(x: torch.Tensor, g: torch.Generator):
 # -- systems: each is (train_one_epoch(), test_elbo()) ------------------------------------------
 
 
-def dgm_system(x, x_test, precision: str = "float32"):
+def dgm_system(x, x_test, precision: str = "float32", compile_: bool = False):
     overrides = {
         "train.precision": precision,
+        "train.compile": compile_,
         "model.hidden": [HIDDEN],
         "model.latent_dim": LATENT,
         "model.activation": "relu",
@@ -223,6 +226,7 @@ def pythae_system(x, x_test):
 SYSTEMS: dict[str, Callable] = {
     "dgm": dgm_system,
     "dgm, bfloat16": lambda x, t: dgm_system(x, t, "bfloat16"),
+    "dgm, compiled": lambda x, t: dgm_system(x, t, compile_=True),
     "plain PyTorch loop": plain_system,
     "Pyro Trace_ELBO": lambda x, t: pyro_system(x, t, "Trace_ELBO"),
     "Pyro TraceMeanField_ELBO": lambda x, t: pyro_system(x, t, "TraceMeanField_ELBO"),
@@ -297,12 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument(
+        "--only", action="append", metavar="SYSTEM", help="run dgm and this system (repeatable)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.child:
         child(args.child, 100)
         return 0
     names = [n for n in SYSTEMS if available(n)]
+    if args.only:
+        names = [n for n in names if n == "dgm" or n in args.only]
     x, x_test = mnist()
     systems = {name: SYSTEMS[name](x, x_test) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
