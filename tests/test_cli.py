@@ -155,3 +155,15 @@ def test_help(command):
         timeout=60,
     )
     assert result.returncode == 0 and "usage: dgm" in result.stdout
+
+
+def test_switches_and_valued_flags_parse_to_their_keys():
+    from dgm.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--compile", "--hidden", "8,4", "--download"])
+    assert _overrides(args) == {
+        "train.compile": True,
+        "model.hidden": [8, 4],
+        "data.download": True,
+    }
+    assert _overrides(build_parser().parse_args(["train"])) == {}

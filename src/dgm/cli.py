@@ -68,6 +68,9 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
 }
 
 
+SWITCHES = {"download", "compile"}  # flags without a value
+
+
 def _parse_hidden(text: str) -> list[int]:
     try:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
@@ -543,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for flag, (key, typ, help_text) in TRAIN_FLAGS.items():
-        if typ is None:  # a switch: present or absent
+        if flag in SWITCHES:  # present or absent
             p.add_argument(
                 "--" + flag, action="store_true", default=None, help=f"{help_text} [{key}]"
             )
