@@ -259,7 +259,7 @@ def test_bfloat16_training_learns_as_float32_does_and_is_refused_with_a_flow(tmp
 def test_the_forward_that_ddp_and_compile_wrap_returns_the_estimators_fields(tmp_path):
     """The training forward of several processes (and of train.compile) is the estimator
     wrapped as one module; its outputs must land in the right fields: with the score-function
-    estimator the surrogate (which carries the gradient) differs from the bound."""
+    estimator the surrogate has the bound's values but carries the estimator's gradient."""
     from dgm.estimators import Estimate
     from dgm.train.loop import _Objective
 

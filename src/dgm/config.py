@@ -197,7 +197,7 @@ class TrainConfig(_Section):
     # bfloat16, everything else and all evaluation in float32); see README for its measured effect
     precision: Literal["float32", "bfloat16"] = "float32"
     # torch.compile of the training forward (estimator, model, encoder) and so of its backward;
-    # off by default: on the 2-core CPU of README it made the step slower (see README)
+    # off by default: on the 2-core CPU of README it brought no speed (see README)
     compile: bool = False
 
     @model_validator(mode="after")

@@ -36,6 +36,11 @@ _MAX_FACTORS = 112
 _PRODUCT_FORM_MIN = 1 << 16
 
 
+def _softplus_form(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_d x_d h_d - softplus(h_d) as written: (..., D) -> (...,)."""
+    return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)
+
+
 def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     r"""sum_d x_d h_d - softplus(h_d) over the last dimension: (..., D) -> (...,), without
     autograd (the gradient is :class:`_BernoulliLogProb`'s).
@@ -52,10 +57,10 @@ def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     batch of 20) keep the softplus form, which is fewer operations.
     """
     if h.numel() < _PRODUCT_FORM_MIN:  # a dozen operations' overhead would cost more
-        return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)
+        return _softplus_form(h, x)
     a = h.abs()
     relu_sum = (h.sum(-1) + a.sum(-1)).mul_(0.5)  # sum_d max(h_d, 0)
-    p = torch.sigmoid_(a) if a.is_floating_point() else torch.sigmoid(a)  # in [1/2, 1]
+    p = torch.sigmoid_(a)  # in [1/2, 1]
     factors = 1  # each entry of p is a product of this many sigmoids
     while p.shape[-1] % 2 == 0 and 2 * factors <= _MAX_FACTORS:  # pairwise, contiguous halves
         p = p.unflatten(-1, (2, p.shape[-1] // 2)).prod(-2)
@@ -113,7 +118,7 @@ class IndependentBernoulli(Independent):
         # in the input's precision even under autocast (which would take vecdot to bfloat16)
         with torch.autocast(h.device.type, enabled=False):
             if torch.compiler.is_compiling():  # train.compile: autograd's formula, fused there
-                return torch.linalg.vecdot(value, h) - F.softplus(h).sum(-1)
+                return _softplus_form(h, value)
             if not torch.is_grad_enabled():
                 return _bernoulli_log_mass(h, value)
             return _BernoulliLogProb.apply(h, value)

@@ -79,6 +79,9 @@ class Distributed:
         return out
 
 
+_joined = False  # this process joined a group in from_environment
+
+
 def from_environment(device_type: str = "cpu") -> Distributed:
     """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE,
     MASTER_ADDR, ...), once; without WORLD_SIZE > 1 this is a single process."""
@@ -92,11 +95,8 @@ def from_environment(device_type: str = "cpu") -> Distributed:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
         global _joined
-        _joined = True
+        _joined = True  # end_process skips the interpreter's finalization
     return Distributed(rank=rank, world=world, local_rank=local_rank)
-
-
-_joined = False  # this process joined a group in from_environment
 
 
 def shutdown(*, wait: bool = False) -> None:
