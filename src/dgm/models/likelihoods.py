@@ -50,26 +50,29 @@ def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         log p(x | h) = x . h - (sum_d h_d + |h_d|) / 2 + log prod_d sigmoid(|h_d|)
 
     with one logarithm per product of up to 112 factors in [1/2, 1] (no underflow) instead of
-    one per pixel. On this CPU (1 thread) torch's softplus costs 1.6 ns per element (an exp,
-    0.8, and a log1p, 0.9; a sigmoid 0.4) and the whole log-mass 1.8 ns in the softplus form,
-    1.35 ns in this one (measured on 10 x 100 x 784 logits); the value agrees with the
-    softplus form to float32 rounding (tested against float64). Small inputs (a training
+    one per pixel. Each product runs over contiguous pixels (the innermost dimension), which
+    torch's reduction vectorizes: 0.12 ns per element against 0.41 for a tree of pairwise
+    products over halves (1 thread). On this CPU torch's softplus costs 1.6 ns per element (an
+    exp, 0.8, and a log1p, 0.9; a sigmoid 0.4) and the whole log-mass 1.8 ns in the softplus
+    form, about 0.9 ns in this one (measured on 10 x 100 x 784 logits); the value agrees with
+    the softplus form to float32 rounding (tested against float64). Small inputs (a training
     batch of 20) keep the softplus form, which is fewer operations.
     """
     if h.numel() < _PRODUCT_FORM_MIN:  # a dozen operations' overhead would cost more
         return _softplus_form(h, x)
     a = h.abs()
-    relu_sum = (h.sum(-1) + a.sum(-1)).mul_(0.5)  # sum_d max(h_d, 0)
+    # x . h - sum_d relu(h_d) = (x - 1/2) . h - sum_d |h_d| / 2
+    linear = torch.linalg.vecdot(x - 0.5, h) - a.sum(-1).mul_(0.5)
     p = torch.sigmoid_(a)  # in [1/2, 1]
-    factors = 1  # each entry of p is a product of this many sigmoids
-    while p.shape[-1] % 2 == 0 and 2 * factors <= _MAX_FACTORS:  # pairwise, contiguous halves
-        p = p.unflatten(-1, (2, p.shape[-1] // 2)).prod(-2)
-        factors *= 2
     d = p.shape[-1]
-    group = max(m for m in range(1, d + 1) if d % m == 0 and m * factors <= _MAX_FACTORS)
-    if group > 1:
-        p = p.unflatten(-1, (group, d // group)).prod(-2)
-    return torch.linalg.vecdot(x, h) - relu_sum + p.log_().sum(-1)
+    whole = d - d % _MAX_FACTORS  # pixels in whole groups of _MAX_FACTORS
+    log_prod = linear.new_zeros(())
+    if whole:
+        groups = p[..., :whole].unflatten(-1, (whole // _MAX_FACTORS, _MAX_FACTORS))
+        log_prod = groups.prod(-1).log_().sum(-1)
+    if whole < d:  # the last, shorter group
+        log_prod = log_prod + p[..., whole:].prod(-1).log_()
+    return linear + log_prod
 
 
 class _BernoulliLogProb(torch.autograd.Function):
