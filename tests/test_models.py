@@ -210,3 +210,21 @@ def test_output_bias_starts_the_likelihood_at_the_data_mean(likelihood):
     mean = model.likelihood(torch.randn(2, 3)).mean
     expected = x_mean.clamp(1e-3, 1 - 1e-3) if likelihood == "bernoulli" else x_mean
     assert torch.allclose(mean, expected.expand(2, 6), atol=1e-6)
+
+
+def test_standard_normal_prior_log_prob_is_torchs_in_value_and_gradient():
+    """The prior's lean log-density (-z.z/2 - d/2 log 2 pi) is torch's Normal(0, 1), summed over
+    the event, in value and in its gradient, at any sample shape; expand keeps it."""
+    p = StandardNormalPrior(5).double()()
+    ref = Independent(Normal(torch.zeros(5).double(), torch.ones(5).double()), 1)
+    z = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
+    ours, theirs = p.log_prob(z), ref.log_prob(z)
+    assert ours.shape == (7, 3)
+    torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-13)
+    (g_ours,) = torch.autograd.grad(ours.sum(), z)
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), z)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-13, atol=1e-13)
+    wide = p.expand((3,))
+    assert wide.batch_shape == (3,) and wide.event_shape == (5,)
+    torch.testing.assert_close(wide.log_prob(z), theirs, rtol=1e-13, atol=1e-13)
+    assert kl_divergence(Independent(Normal(z.detach(), 1.0), 1), p).abs().max() > 0
