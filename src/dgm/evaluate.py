@@ -59,7 +59,11 @@ def sample_and_log_prob(q: Distribution, k: int) -> tuple[torch.Tensor, torch.Te
     value (to rounding; the same draws as ``q.sample``) in three operations on the (k, B, d)
     samples instead of torch's six."""
     with torch.no_grad():
-        if type(q) is Independent and type(q.base_dist) is Normal and q.reinterpreted_batch_ndims == 1:
+        if (
+            type(q) is Independent
+            and type(q.base_dist) is Normal
+            and q.reinterpreted_batch_ndims == 1
+        ):
             loc, scale = q.base_dist.loc, q.base_dist.scale
             eps = torch.empty((k, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
             z = torch.addcmul(loc, eps, scale)
