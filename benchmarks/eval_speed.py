@@ -10,6 +10,7 @@ standard error from the repeats' spread.
 
     python benchmarks/eval_speed.py runs/mnist_vae --k 5000            # the full test set
     python benchmarks/eval_speed.py runs/mnist_vae --k 5000 --n 1000   # a tenth of it
+    python benchmarks/eval_speed.py runs/mnist_vae --k 5000 --no-memory  # no memory subprocess
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, help="the first n test images (default: all)")
     parser.add_argument("--check", type=int, default=20, help="images for the reference check")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocess")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -95,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     ll = importance_log_likelihood(trainer.model, trainer.posterior, x, args.k)
     seconds = time.perf_counter() - start
     floor = floor_seconds(trainer, n, args.k, DEFAULT_PAIRS_PER_PASS)
-    mem = subprocess.run(
-        [sys.executable, __file__, str(args.run_dir), "--child", "--n", str(n), "--k",
-         str(args.k)],
-        capture_output=True, text=True, timeout=7200,
-    )  # fmt: skip
     peak = None
-    if mem.returncode == 0:
-        peak = json.loads(mem.stdout.strip().splitlines()[-1])["max_rss_mb"]
+    if not args.no_memory:
+        mem = subprocess.run(
+            [sys.executable, __file__, str(args.run_dir), "--child", "--n", str(n), "--k",
+             str(args.k)],
+            capture_output=True, text=True, timeout=7200,
+        )  # fmt: skip
+        if mem.returncode == 0:
+            peak = json.loads(mem.stdout.strip().splitlines()[-1])["max_rss_mb"]
 
     m = min(args.check, n)
     # both are random: repeat each with its own seeds, compare the means of the repeats (the
