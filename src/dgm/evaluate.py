@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 
-from dgm.estimators import rsample_and_log_prob
+from dgm.estimators import sample_and_log_prob
 from dgm.models import DeepLatentModel
 
 #: default number of (sample, example) pairs pushed through the networks at once: a chunk's
@@ -49,27 +49,6 @@ class LogLikelihood:
             "k": self.k,
             "n": n,
         }
-
-
-def sample_and_log_prob(q: Distribution, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """k draws z (k, B, d) and log q(z | x) (k, B), without gradient; a flow gives both at once.
-
-    A diagonal Gaussian's log-density comes from the standard normal draws eps themselves,
-    log q(z) = -eps.eps / 2 - sum log sigma - d/2 log(2 pi) for z = mu + sigma eps: the same
-    value (to rounding; the same draws as ``q.sample``) in three operations on the (k, B, d)
-    samples instead of torch's six."""
-    with torch.no_grad():
-        if (
-            type(q) is Independent
-            and type(q.base_dist) is Normal
-            and q.reinterpreted_batch_ndims == 1
-        ):
-            loc, scale = q.base_dist.loc, q.base_dist.scale
-            eps = torch.empty((k, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
-            z = torch.addcmul(loc, eps, scale)
-            log_norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)  # (B,)
-            return z, torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(log_norm)
-        return rsample_and_log_prob(q, k)
 
 
 @torch.no_grad()

@@ -1,11 +1,11 @@
-"""The evaluation's sampler: the same draws as q.sample and the same log q(z)."""
+"""The no-gradient sampler of evaluation: the same draws as q.sample and the same log q(z)."""
 
 from __future__ import annotations
 
 import torch
 from torch.distributions import Independent, Normal
 
-from dgm.evaluate import sample_and_log_prob
+from dgm.estimators import sample_and_log_prob
 
 
 def test_diagonal_gaussian_draws_and_log_density_are_torchs():
