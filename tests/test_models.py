@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+from torch.distributions import Bernoulli, Independent, Laplace, Normal, kl_divergence
 
 from dgm.build import build_model, build_posterior
 from dgm.config import Config, ModelConfig
@@ -14,6 +14,7 @@ from dgm.models import (
     LearnedGaussianLikelihood,
     StandardNormalPrior,
 )
+from dgm.models.prior import kl_to_prior
 from dgm.nn import MLP, Tanh
 from dgm.variational import PointMass
 
@@ -228,3 +229,27 @@ def test_standard_normal_prior_log_prob_is_torchs_in_value_and_gradient():
     assert wide.batch_shape == (3,) and wide.event_shape == (5,)
     torch.testing.assert_close(wide.log_prob(z), theirs, rtol=1e-13, atol=1e-13)
     assert kl_divergence(Independent(Normal(z.detach(), 1.0), 1), p).abs().max() > 0
+
+
+@pytest.mark.parametrize("prior_batch", [(), (4,)])
+def test_kl_to_the_standard_normal_prior_is_torchs_in_value_and_gradient(prior_batch):
+    """The registered closed form KL(N(mu, diag sigma^2) || N(0, I)) = sum (sigma^2 + mu^2 - 1)/2
+    - log sigma is torch's Normal-Normal KL summed over the event, in value and gradient, both
+    through ``kl_divergence`` and ``kl_to_prior``; a q torch's path must handle still goes there."""
+    torch.manual_seed(0)
+    loc = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    log_scale = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    q = Independent(Normal(loc, log_scale.exp()), 1)
+    p = StandardNormalPrior(6).double()().expand(torch.Size(prior_batch))
+    ref_p = Independent(Normal(torch.zeros(6).double(), torch.ones(6).double()), 1)
+    theirs = kl_divergence(q, ref_p)  # torch's own path: (Independent, Independent)
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), [log_scale], retain_graph=True)
+    for ours in (kl_divergence(q, p), kl_to_prior(q, p)):
+        assert ours.shape == (4,)
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+        (g_ours,) = torch.autograd.grad(ours.sum(), [log_scale], retain_graph=True)
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)
+    laplace = Independent(Laplace(loc, log_scale.exp()), 1)  # not a Gaussian: torch's formula
+    torch.testing.assert_close(
+        kl_divergence(laplace, p), kl_divergence(laplace, ref_p), rtol=1e-12, atol=1e-12
+    )

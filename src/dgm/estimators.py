@@ -22,6 +22,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from dgm.baselines import Baseline
 from dgm.models import DeepLatentModel
+from dgm.models.prior import kl_to_prior
 from dgm.objectives import elbo, iwae
 
 KLMode = Literal["analytic", "mc", "none"]
@@ -161,7 +162,7 @@ class Reparameterized(Estimator):
                 )
             z = q.rsample((self.k,))  # (K, B, d)
             log_lik = model.likelihood(z).log_prob(x)  # (K, B)
-            kl = kl_divergence(q, model.prior())  # (B,)
+            kl = kl_to_prior(q, model.prior())  # (B,)
             return self._elbo(model, q, log_lik, kl, kl_weight)
         z, log_q = rsample_and_log_prob(q, self.k)  # (K, B, d), (K, B)
         log_lik = model.likelihood(z).log_prob(x)  # (K, B)
@@ -296,7 +297,7 @@ class ScoreFunction(Estimator):
         log_lik = model.likelihood(z).log_prob(x)  # (K, B), carries theta's gradient
         log_q = q.log_prob(z)  # (K, B), carries phi's gradient (the score)
         if self.kl == "analytic":
-            kl = kl_divergence(q, model.prior())  # (B,)
+            kl = kl_to_prior(q, model.prior())  # (B,)
             f = log_lik.detach()  # (K, B)
             annealed = elbo(log_lik) - kl_weight * kl  # (B,)
         else:

@@ -6,7 +6,8 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal, kl_divergence, register_kl
+from torch.distributions.kl import _kl_independent_independent
 
 from dgm.models.chain import ConditionalGaussian, GaussianChain
 
@@ -35,6 +36,37 @@ class StandardNormal(Independent):
     def expand(self, batch_shape: torch.Size, _instance=None) -> StandardNormal:  # noqa: ANN001
         shape = (*batch_shape, self.base_dist.loc.shape[-1])
         return StandardNormal(self.base_dist.loc.expand(shape), self.base_dist.scale.expand(shape))
+
+
+@register_kl(Independent, StandardNormal)
+def _kl_to_standard_normal(q: Independent, p: StandardNormal) -> torch.Tensor:
+    r"""KL(q || N(0, I)) for a diagonal Gaussian q over the last dimension, in closed form:
+
+        sum_j (sigma_j^2 + mu_j^2 - 1) / 2 - log sigma_j
+
+    the same value and gradient as torch's Normal-Normal formula with loc 0 and scale 1, in five
+    operations instead of eleven and one dispatch instead of two (a second dispatch is also a
+    graph break under ``torch.compile``). Any other q takes torch's own path."""
+    base = q.base_dist
+    if (
+        type(base) is not Normal
+        or q.reinterpreted_batch_ndims != 1
+        or q.event_shape != p.event_shape
+        or p.batch_shape not in (q.batch_shape, torch.Size())  # q's shape is the result's
+    ):
+        return _kl_independent_independent(q, p)
+    loc, scale = base.loc, base.scale  # (..., d) each (Normal broadcasts them)
+    square_sum = torch.linalg.vecdot(loc, loc) + torch.linalg.vecdot(scale, scale)
+    return 0.5 * (square_sum - loc.shape[-1]) - scale.log().sum(-1)
+
+
+def kl_to_prior(q: Distribution, p: Distribution) -> torch.Tensor:
+    """``kl_divergence(q, p)``, with a diagonal Gaussian q against :class:`StandardNormal` sent
+    straight to its closed form: torch's type dispatch is a graph break under ``torch.compile``
+    (``train.compile``), which split the compiled training step in two."""
+    if isinstance(p, StandardNormal) and type(q) is Independent:
+        return _kl_to_standard_normal(q, p)
+    return kl_divergence(q, p)
 
 
 class StandardNormalPrior(nn.Module):
