@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-limit", type=int)
     parser.add_argument("--test-limit", type=int)
     parser.add_argument("--out", type=Path, default=Path("runs/iwae"))
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train.compile (faster at batch 20 here); may be switched on or off on resume",
+    )
     args = parser.parse_args(argv)
     if args.list or not args.row:
         for row, value in PAPER.items():
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     epochs = args.epochs or (3280 if args.schedule == "full" else SHORT_EPOCHS[args.row])
     schedule = "full" if epochs == 3280 else f"{epochs} epochs"
-    overrides = {"train.epochs": epochs}
+    overrides: dict = {"train.epochs": epochs, "train.compile": args.compile}
     if args.train_limit:
         overrides["data.train_limit"] = args.train_limit
     if args.test_limit:
@@ -148,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_time_s": metrics[-1]["train_time_s"],
         "eval_time_s": ev["seconds"],
         "machine": machine(),
+        "compile": args.compile,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")

@@ -113,7 +113,43 @@ def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--resume", str(tmp_path / "none"), "--quiet")
     assert code == 2 and "no such run directory" in err
     code, _, err = run(capsys, "train", "--resume", str(tmp_path), "--lr", "0.1", "--quiet")
-    assert code == 2 and "only --epochs may change" in err
+    assert code == 2 and "only --epochs, --compile and --device may change" in err
+
+
+def test_resume_may_change_how_a_run_computes_not_what(tmp_path, capsys):
+    """--device (and --compile) may change on resume: the run goes on, and its config.json
+    says how it computes now; train_or_resume accepts such a config and refuses any other."""
+    from dgm.config import load_run_config
+    from dgm.errors import UsageError
+    from dgm.train.run import train_or_resume
+
+    run_dir = tmp_path / "run"
+    assert run(capsys, "train", "--epochs", "1", "--out", str(run_dir), *SMALL)[0] == 0
+    config = load_run_config(run_dir / "config.json")
+    assert config.train.device == "cpu"
+    args = ["train", "--resume", str(run_dir), "--epochs", "2", "--device", "auto", "--quiet"]
+    assert run(capsys, *args)[0] == 0
+    resumed = load_run_config(run_dir / "config.json")
+    assert resumed.train.device == "auto" and resumed.train.epochs == 2
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed.train.device = "cpu"
+    resumed.train.compile = True
+    assert resumed.train.epochs == 2  # already there: nothing to train, nothing compiled
+    metrics, stopped = train_or_resume(resumed, run_dir)
+    assert len(metrics) == 2 and stopped is None
+    resumed.train.lr *= 2
+    with pytest.raises(UsageError, match="another configuration"):
+        train_or_resume(resumed, run_dir)
+
+
+def test_same_run_ignores_only_the_runtime_keys():
+    from dgm.config import RUNTIME_KEYS, load_config, same_run
+
+    base = load_config(None, {})
+    assert RUNTIME_KEYS == ("train.compile", "train.device")
+    assert same_run(base, load_config(None, {"train.compile": True, "train.device": "cpu"}))
+    for key, value in (("train.lr", 0.5), ("train.seed", 1), ("model.latent_dim", 3)):
+        assert not same_run(base, load_config(None, {key: value})), key
 
 
 def test_resume_epochs_must_be_possible(tmp_path, capsys):

@@ -14,6 +14,7 @@ from dgm.models import (
     LearnedGaussianLikelihood,
     StandardNormalPrior,
 )
+from dgm.models.likelihoods import _broadcasts_to
 from dgm.models.prior import kl_to_prior
 from dgm.nn import MLP, Tanh
 from dgm.variational import PointMass
@@ -31,7 +32,12 @@ def test_bernoulli_log_prob_is_the_log_mass():
     assert torch.allclose(total, torch.tensor(1.0, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("x_shape", [(4, 6), (3, 4, 6), (6,), (2, 3, 4, 6)])
+def refs_first(w, h, x):
+    ref = Independent(Bernoulli(logits=h, validate_args=False), 1).log_prob(x)
+    return torch.autograd.grad((w * ref).sum(), [h, x])
+
+
+@pytest.mark.parametrize("x_shape", [(4, 6), (3, 4, 6), (6,), (1, 6), (2, 3, 4, 6), (2, 1, 1, 6)])
 def test_fused_bernoulli_log_prob_and_gradients_are_torchs(x_shape):
     """Value, gradients (to the logits and to x, with broadcasting) and second derivatives of
     the fused log-mass equal those of Independent(torch's Bernoulli), in float64."""
@@ -50,8 +56,26 @@ def test_fused_bernoulli_log_prob_and_gradients_are_torchs(x_shape):
     second = torch.autograd.grad(grads[0].pow(2).sum(), h)[0]
     second_ref = torch.autograd.grad(refs[0].pow(2).sum(), h)[0]
     torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=1e-12)
+    # first order only (training's backward: in place where x fits in h's shape)
+    ours = BernoulliLikelihood()(h).log_prob(x)
+    for a, b in zip(
+        torch.autograd.grad((w * ours).sum(), [h, x]), refs_first(w, h, x), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     with torch.inference_mode():  # the evaluation path
         torch.testing.assert_close(BernoulliLikelihood()(h).log_prob(x), ref.detach())
+
+
+def test_broadcasts_to_is_torchs_broadcast_rule():
+    """The backward's shape check agrees with torch.broadcast_shapes on every pair."""
+    shapes = [(), (1,), (3,), (2, 3), (1, 3), (2, 1), (4, 2, 3), (4, 1, 1), (1, 2, 3), (5,)]
+    for a in shapes:
+        for b in shapes:
+            try:
+                expected = torch.broadcast_shapes(b, a) == torch.Size(b)
+            except RuntimeError:
+                expected = False
+            assert _broadcasts_to(torch.Size(a), torch.Size(b)) == expected, (a, b)
 
 
 @pytest.mark.parametrize("d", [1, 2, 37, 112, 784, 3072])

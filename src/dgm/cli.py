@@ -109,7 +109,7 @@ def _print_epoch(m: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from dgm.config import load_config
+    from dgm.config import RUNTIME_KEYS, load_config
     from dgm.train import Trainer
     from dgm.train.files import run_lock
     from dgm.train.run import (
@@ -128,13 +128,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--resume RUN_DIR takes the run's own config; drop CONFIG/--out/--force"
             )
-        extra = {k: v for k, v in overrides.items() if k != "train.epochs"}
+        allowed = ("train.epochs", *RUNTIME_KEYS)
+        extra = {k: v for k, v in overrides.items() if k not in allowed}
         if extra:
             raise UsageError(
-                f"--resume: only --epochs may change on resume, not {', '.join(sorted(extra))}"
+                "--resume: only --epochs, --compile and --device may change on resume, not "
+                f"{', '.join(sorted(extra))}"
             )
         with run_lock(run_dir, create=False) if main else nullcontext():
             config = open_resume(run_dir, overrides.get("train.epochs"))
+            for key in RUNTIME_KEYS:  # how the run computes from here on
+                if key in overrides:
+                    section, name = key.split(".")
+                    setattr(getattr(config, section), name, overrides[key])
             trainer = Trainer(config, run_dir)
             return _train_and_report(config, run_dir, trainer, args)
     config = load_config(args.config, overrides)

@@ -197,7 +197,7 @@ class TrainConfig(_Section):
     # bfloat16, everything else and all evaluation in float32); see README for its measured effect
     precision: Literal["float32", "bfloat16"] = "float32"
     # torch.compile of the training forward (estimator, model, encoder) and so of its backward;
-    # off by default: on the 2-core CPU of README it brought no speed (see README)
+    # off by default: on the 2-core CPU of README it is faster at batch 20 only (see README)
     compile: bool = False
 
     @model_validator(mode="after")
@@ -388,3 +388,18 @@ def load_run_config(path: Path) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object with the run's configuration")
     return validate(data, str(path))
+
+
+#: how a run computes, not what: these may change when a run is resumed (a run moved to a GPU,
+#: or compiled from its next epoch on); everything else is the run's identity
+RUNTIME_KEYS = ("train.compile", "train.device")
+
+
+def same_run(a: Config, b: Config) -> bool:
+    """Whether ``a`` and ``b`` describe the same run, up to :data:`RUNTIME_KEYS`."""
+    da, db = a.to_dict(), b.to_dict()
+    for key in RUNTIME_KEYS:
+        section, name = key.split(".")
+        da[section].pop(name, None)
+        db[section].pop(name, None)
+    return da == db

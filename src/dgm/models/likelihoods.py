@@ -75,6 +75,14 @@ def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return linear + log_prod
 
 
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` unchanged: ``torch.broadcast_shapes(target,
+    shape) == target``, without its 47 us (a Python reference implementation) per call."""
+    return len(shape) <= len(target) and all(
+        a == 1 or a == b for a, b in zip(reversed(shape), reversed(target), strict=False)
+    )
+
+
 class _BernoulliLogProb(torch.autograd.Function):
     """:func:`_softplus_form` with the gradient (x - sigmoid(h)) g written out. Training keeps
     the softplus form: with the product form of :func:`_bernoulli_log_mass` an epoch of the
@@ -92,7 +100,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = g.unsqueeze(-1)  # (..., 1)
         grad_h = grad_x = None
         if ctx.needs_input_grad[0]:
-            if torch.is_grad_enabled() or torch.broadcast_shapes(h.shape, x.shape) != h.shape:
+            if torch.is_grad_enabled() or not _broadcasts_to(x.shape, h.shape):
                 grad_h = (x - torch.sigmoid(h)) * g  # create_graph needs it differentiable
             else:  # in place: one buffer instead of three
                 grad_h = torch.sigmoid(h).sub_(x).mul_(-g)

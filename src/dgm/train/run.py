@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from dgm.config import CLASSICAL, Config, load_run_config, save_config
+from dgm.config import (
+    CLASSICAL,
+    RUNTIME_KEYS,
+    Config,
+    load_run_config,
+    same_run,
+    save_config,
+)
 from dgm.errors import UsageError
 from dgm.evaluate import posterior_mean
 from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
@@ -258,7 +265,7 @@ def train_or_resume(
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Bring the run in ``run_dir`` to ``config.train.epochs``: start it, resume it from its last
     checkpoint, or (already finished) leave it alone; a run directory whose saved config differs
-    from ``config`` is refused, never overwritten. Returns the run's metrics and the signal that
+    from ``config`` (beyond :data:`dgm.config.RUNTIME_KEYS`) is refused, never overwritten. Returns the run's metrics and the signal that
     stopped it early (None when it finished). For benchmarks that must survive interruption.
     """
     with run_lock(run_dir):
@@ -272,9 +279,10 @@ def _train_or_resume(
     stop_on_signals: bool,
 ) -> tuple[list[dict[str, Any]], int | None]:
     done = latest_checkpoint(run_dir / "checkpoints")
-    if holds_run(run_dir) and load_run_config(run_dir / CONFIG) != config:
+    if holds_run(run_dir) and not same_run(load_run_config(run_dir / CONFIG), config):
         raise UsageError(
-            f"{run_dir}: holds a run with another configuration; use another directory"
+            f"{run_dir}: holds a run with another configuration (only "
+            f"{', '.join(RUNTIME_KEYS)} may change on resume); use another directory"
         )
     if done is not None and load_checkpoint(done).epoch >= config.train.epochs:
         return read_metrics(run_dir), None
