@@ -266,7 +266,8 @@ def train_or_resume(
     """Bring the run in ``run_dir`` to ``config.train.epochs``: start it, resume it from its last
     checkpoint, or (already finished) leave it alone; a run directory whose saved config differs
     from ``config`` (beyond :data:`dgm.config.RUNTIME_KEYS`) is refused, never overwritten.
-    Returns the run's metrics and the signal that stopped it early (None when it finished). For benchmarks that must survive interruption.
+    Returns the run's metrics and the signal that stopped it early (None when it finished).
+    For benchmarks that must survive interruption.
     """
     with run_lock(run_dir):
         return _train_or_resume(config, run_dir, on_epoch, stop_on_signals)
