@@ -16,7 +16,10 @@ ELBO (the same binarized test set) shows that nobody got fast by being wrong.
     .venv-bench/bin/python benchmarks/throughput.py --rounds 5 --json out.json
                                                               # + Pyro and pythae (the bench extra)
 
-Peak memory is each system's own: it is measured in a fresh subprocess that trains 100 steps.
+Peak memory is each system's own: it is measured in a fresh subprocess that trains 100 steps
+(the process's resident memory; with --device cuda, torch.cuda.max_memory_allocated).
+
+    python benchmarks/throughput.py --device cuda --rounds 5    # every system on the GPU
 """
 
 from __future__ import annotations
@@ -40,17 +43,24 @@ from dgm.data import binarize_fixed, load_dataset, to_unit_interval
 from dgm.train.loop import Data, Trainer
 
 BATCH, HIDDEN, LATENT, LR = 128, 400, 20, 1e-3
+DEVICE = torch.device("cpu")  # --device: every system's model and data live here
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work (a GPU runs behind the Python that launched it)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def mnist() -> tuple[torch.Tensor, torch.Tensor]:
     ds = load_dataset("mnist")
     x = binarize_fixed(to_unit_interval(ds.train_images), 0)
     x_test = binarize_fixed(to_unit_interval(ds.test_images), 1)
-    return x, x_test
+    return x.to(DEVICE), x_test.to(DEVICE)
 
 
 def batches(x: torch.Tensor, g: torch.Generator):
-    order = torch.randperm(x.shape[0], generator=g)
+    order = torch.randperm(x.shape[0], generator=g).to(x.device)
     for start in range(0, x.shape[0], BATCH):
         yield x[order[start : start + BATCH]]
 
@@ -70,6 +80,7 @@ def dgm_system(x, x_test, precision: str = "float32", compile_: bool = False):
         "train.batch_size": BATCH,
         "train.lr": LR,
         "train.eval_batch_size": 10_000,
+        "train.device": str(DEVICE),
     }
     config = load_config(None, overrides)
     data = Data(x, x_test, (28, 28))  # already binary: static binarization of 0/1 is a no-op
@@ -125,7 +136,7 @@ def plain_loss(model, x):
 
 def plain_system(x, x_test):
     torch.manual_seed(0)
-    model = PlainVAE()
+    model = PlainVAE().to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     g = torch.Generator().manual_seed(0)
 
@@ -151,7 +162,7 @@ def pyro_system(x, x_test, elbo_name: str):
 
     torch.manual_seed(0)
 
-    encoder, decoder = Encoder(), Decoder()
+    encoder, decoder = Encoder().to(DEVICE), Decoder().to(DEVICE)
 
     def model(x):
         pyro.module(f"decoder_{elbo_name}", decoder)  # Pyro's store is global: unique names
@@ -204,7 +215,7 @@ def pythae_system(x, x_test):
             return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
 
     config = VAEConfig(input_dim=(784,), latent_dim=LATENT, reconstruction_loss="bce")
-    model = VAE(config, encoder=PythaeEncoder(), decoder=PythaeDecoder())
+    model = VAE(config, encoder=PythaeEncoder(), decoder=PythaeDecoder()).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     g = torch.Generator().manual_seed(0)
 
@@ -253,9 +264,9 @@ def floor_seconds_per_step(repeats: int = 300) -> float:
     """The forward and backward matrix products of one training step, nothing else."""
     b = BATCH
     shapes = [(784, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, 784)]
-    ws = [torch.randn(i, o) for i, o in shapes]
-    ins = [torch.randn(b, i) for i, _ in shapes]
-    grads = [torch.randn(b, o) for _, o in shapes]
+    ws = [torch.randn(i, o, device=DEVICE) for i, o in shapes]
+    ins = [torch.randn(b, i, device=DEVICE) for i, _ in shapes]
+    grads = [torch.randn(b, o, device=DEVICE) for _, o in shapes]
 
     def step():
         for a, w in zip(ins, ws, strict=True):
@@ -269,9 +280,11 @@ def floor_seconds_per_step(repeats: int = 300) -> float:
         step()
     best = float("inf")
     for _ in range(5):
+        synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             step()
+        synchronize()
         best = min(best, (time.perf_counter() - start) / repeats)
     return best
 
@@ -283,12 +296,19 @@ def child(name: str, steps: int) -> None:
     x, x_test = mnist()
     epoch, _ = SYSTEMS[name](x[: steps * BATCH], x_test[:100])
     epoch()
+    synchronize()
+    if DEVICE.type == "cuda":  # the GPU's memory, which is what runs out there
+        print(json.dumps({"max_rss_mb": torch.cuda.max_memory_allocated(DEVICE) / 2**20}))
+        return
     print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def peak_memory_mb(name: str) -> float | None:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", name], capture_output=True, text=True, timeout=600
+        [sys.executable, __file__, "--child", name, "--device", str(DEVICE)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if out.returncode != 0:
         return None
@@ -302,11 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (every system)")
     parser.add_argument(
         "--only", action="append", metavar="SYSTEM", help="run dgm and this system (repeatable)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.child:
         child(args.child, 100)
         return 0
@@ -321,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         # a different system goes first each round: no system always runs in the same slot
         for name in names[r % len(names) :] + names[: r % len(names)]:
             epoch = systems[name][0]
+            synchronize()
             start = time.perf_counter()
             epoch()
+            synchronize()
             times[name].append(x.shape[0] / (time.perf_counter() - start))
         floors.append(BATCH / floor_seconds_per_step())
         print(
@@ -353,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "floor_images_per_s": floor,
         "threads": args.threads,
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "rounds": args.rounds,
         "torch": torch.__version__,
         "systems": results,
