@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 5's GPU figure in one short call on a lent GPU machine (the `device` tool's `run`):
-# the training-throughput benchmark with every system on the GPU, and what it ran on.
+# the training-throughput benchmark with every installed system on the GPU (dgm, the plain
+# loop, Pyro; pythae's many dependencies are not carried), and what it ran on.
 #
 # That machine has its own python3 with a CUDA build of torch but none of pydantic or Pyro, and
 # nothing can be fetched there: carry them as wheels. Here, once per session, in the repo root:
@@ -22,9 +23,9 @@ mkdir -p "$out"
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 device="${DEVICE:-cuda}"  # DEVICE=cpu bash benchmarks/gpu.sh: a dry run of this script here
 {

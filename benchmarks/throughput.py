@@ -298,9 +298,10 @@ def child(name: str, steps: int) -> None:
     epoch()
     synchronize()
     if DEVICE.type == "cuda":  # the GPU's memory, which is what runs out there
-        print(json.dumps({"max_rss_mb": torch.cuda.max_memory_allocated(DEVICE) / 2**20}))
+        print(json.dumps({"peak_memory_mb": torch.cuda.max_memory_allocated(DEVICE) / 2**20}))
         return
-    print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_memory_mb": rss_mb}))
 
 
 def peak_memory_mb(name: str) -> float | None:
@@ -312,7 +313,7 @@ def peak_memory_mb(name: str) -> float | None:
     )
     if out.returncode != 0:
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])["max_rss_mb"]
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_memory_mb"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         # dgm's speed relative to this system, round by round: the middle half of the rounds
         # says whether a ratio near 1.1 is settled by this run or is within its noise
         speedups = sorted(1 / p for p in paired)
-        q1, q3 = statistics.quantiles(speedups, n=4)[::2] if len(speedups) > 1 else speedups * 2
+        # inclusive: the quartiles stay within the rounds' range however few they are
+        q1, q3 = (
+            statistics.quantiles(speedups, n=4, method="inclusive")[::2]
+            if len(speedups) > 1
+            else speedups * 2
+        )
         results[name] = {
             "images_per_s": ips,
             "ratio_to_dgm": ips / dgm,

@@ -256,10 +256,13 @@ def test_standard_normal_prior_log_prob_is_torchs_in_value_and_gradient():
 
 
 @pytest.mark.parametrize("prior_batch", [(), (4,)])
-def test_kl_to_the_standard_normal_prior_is_torchs_in_value_and_gradient(prior_batch):
+def test_kl_to_the_standard_normal_prior_is_torchs_in_value_and_gradient(prior_batch, monkeypatch):
     """The registered closed form KL(N(mu, diag sigma^2) || N(0, I)) = sum (sigma^2 + mu^2 - 1)/2
-    - log sigma is torch's Normal-Normal KL summed over the event, in value and gradient, both
-    through ``kl_divergence`` and ``kl_to_prior``; a q torch's path must handle still goes there."""
+    - log sigma is torch's Normal-Normal KL summed over the event, in value and gradient (to mu
+    and to log sigma), both through ``kl_divergence`` and ``kl_to_prior``, and it is the closed
+    form that ran; a q that is not a diagonal Gaussian still goes to torch's formula."""
+    import dgm.models.prior as prior_module
+
     torch.manual_seed(0)
     loc = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     log_scale = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
@@ -267,13 +270,33 @@ def test_kl_to_the_standard_normal_prior_is_torchs_in_value_and_gradient(prior_b
     p = StandardNormalPrior(6).double()().expand(torch.Size(prior_batch))
     ref_p = Independent(Normal(torch.zeros(6).double(), torch.ones(6).double()), 1)
     theirs = kl_divergence(q, ref_p)  # torch's own path: (Independent, Independent)
-    (g_theirs,) = torch.autograd.grad(theirs.sum(), [log_scale], retain_graph=True)
-    for ours in (kl_divergence(q, p), kl_to_prior(q, p)):
-        assert ours.shape == (4,)
-        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-        (g_ours,) = torch.autograd.grad(ours.sum(), [log_scale], retain_graph=True)
-        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)
+    g_theirs = torch.autograd.grad(theirs.sum(), [loc, log_scale], retain_graph=True)
+    fallback = prior_module._kl_independent_independent
+    with monkeypatch.context() as m:  # the closed form must not fall back here
+        m.setattr(prior_module, "_kl_independent_independent", None)
+        for ours in (kl_divergence(q, p), kl_to_prior(q, p)):
+            assert ours.shape == (4,) and ours.dtype == torch.float64
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+            g_ours = torch.autograd.grad(ours.sum(), [loc, log_scale], retain_graph=True)
+            for a, b in zip(g_ours, g_theirs, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert prior_module._kl_independent_independent is fallback
     laplace = Independent(Laplace(loc, log_scale.exp()), 1)  # not a Gaussian: torch's formula
     torch.testing.assert_close(
         kl_divergence(laplace, p), kl_divergence(laplace, ref_p), rtol=1e-12, atol=1e-12
     )
+
+
+def test_kl_to_the_prior_keeps_torchs_dtype_under_autocast():
+    """train.precision = "bfloat16" gives a bfloat16 q; torch's formula, mixing it with the
+    float32 prior, computes in float32, and so does the closed form, autocast or not."""
+    torch.manual_seed(0)
+    loc, scale = torch.randn(100, 50).bfloat16(), (0.3 * torch.randn(100, 50)).exp().bfloat16()
+    q = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+    p = StandardNormalPrior(50)()
+    ref_p = Independent(Normal(torch.zeros(50), torch.ones(50)), 1)
+    for enabled in (False, True):
+        with torch.autocast("cpu", torch.bfloat16, enabled=enabled):
+            ours, theirs = kl_to_prior(q, p), kl_divergence(q, ref_p)
+        assert ours.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)

@@ -291,10 +291,11 @@ def test_a_compiled_step_is_the_eager_step(tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    # as in a fresh process: torch's KL dispatch is a graph break until memoized by a call
+    monkeypatch.setattr(torch.distributions.kl, "_KL_MEMOIZE", {})
     counters.clear()
     x, index = Trainer(small_config(), tmp_path / "data").data.x_test[:50], torch.arange(50)
     runs = {}
-    # compiled first, as in a run: torch's KL dispatch (a graph break) is memoized after a call
     for name, compile_ in (("compiled", True), ("eager", False)):
         trainer = Trainer(small_config(**{"train.compile": compile_}), tmp_path / name)
         assert isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule) == compile_
@@ -308,3 +309,31 @@ def test_a_compiled_step_is_the_eager_step(tmp_path, monkeypatch):
     assert len(g_eager) == len(g_compiled) > 0
     for a, b in zip(g_compiled, g_eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_generator_state_from_another_device_type_seeds_the_generator_reproducibly():
+    """A CUDA generator's state (16 bytes) cannot be set on a CPU generator (5,056 bytes), as
+    when a run is resumed with another train.device: the generator is seeded from a hash of the
+    state instead, the same way every time; a state of its own kind is restored exactly."""
+    from dgm.train.checkpoint import set_generator_state
+
+    cuda_like = torch.arange(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    with pytest.raises(RuntimeError):
+        torch.Generator().set_state(cuda_like)
+    draws = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(123)
+        set_generator_state(g, cuda_like)
+        draws.append(torch.rand(5, generator=g))
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], torch.rand(5, generator=torch.Generator().manual_seed(123)))
+    other = cuda_like.clone()
+    other[0] = 99
+    g = torch.Generator()
+    set_generator_state(g, other)
+    assert not torch.equal(torch.rand(5, generator=g), draws[0])  # another state, another seed
+    source = torch.Generator().manual_seed(7)
+    torch.rand(3, generator=source)
+    g = torch.Generator()
+    set_generator_state(g, source.get_state())
+    assert torch.equal(torch.rand(5, generator=g), torch.rand(5, generator=source))

@@ -56,9 +56,13 @@ def _kl_to_standard_normal(q: Independent, p: StandardNormal) -> torch.Tensor:
         or p.batch_shape not in (q.batch_shape, torch.Size())  # q's shape is the result's
     ):
         return _kl_independent_independent(q, p)
-    loc, scale = base.loc, base.scale  # (..., d) each (Normal broadcasts them)
-    square_sum = torch.linalg.vecdot(loc, loc) + torch.linalg.vecdot(scale, scale)
-    return 0.5 * (square_sum - loc.shape[-1]) - scale.log().sum(-1)
+    # in the promoted dtype of q's and p's parameters, as torch's formula (which mixes them)
+    # computes it, even under autocast (train.precision = "bfloat16" makes q's bfloat16)
+    dtype = torch.promote_types(base.loc.dtype, p.base_dist.loc.dtype)
+    loc, scale = base.loc.to(dtype), base.scale.to(dtype)  # (..., d) each, broadcast by Normal
+    with torch.autocast(loc.device.type, enabled=False):
+        square_sum = torch.linalg.vecdot(loc, loc) + torch.linalg.vecdot(scale, scale)
+        return 0.5 * (square_sum - loc.shape[-1]) - scale.log().sum(-1)
 
 
 def kl_to_prior(q: Distribution, p: Distribution) -> torch.Tensor:

@@ -13,6 +13,7 @@ considers complete ``epoch-*`` directories.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -93,9 +94,21 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
     return rng
 
 
+def set_generator_state(generator: torch.Generator, state: torch.Tensor) -> None:
+    """``generator.set_state(state)``; a state written by a generator of another device type
+    (a run resumed with another ``train.device``: a CPU generator's state is 5,056 bytes, a
+    CUDA one's 16) cannot be set, so the generator is seeded from a hash of it instead: the run
+    goes on from the same checkpoint the same way every time, with a new random stream."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+        return
+    digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
+    generator.manual_seed(int.from_bytes(digest[:8], "little"))
+
+
 def restore_rng(rng: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["data"])
+    set_generator_state(generator, rng["data"])
     version, state, gauss = rng["python"]
     random.setstate((version, tuple(state), gauss))
     np.random.set_state(

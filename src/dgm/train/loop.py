@@ -45,6 +45,7 @@ from dgm.train.checkpoint import (
     load_module_state,
     restore_rng,
     save_checkpoint,
+    set_generator_state,
 )
 from dgm.train.distributed import from_environment
 from dgm.train.optim import FusedAdam, nonfinite_gradients
@@ -479,7 +480,7 @@ class Trainer:
             )
         if ranks is not None:
             torch.set_rng_state(ranks[self.dist.rank]["torch"])
-            self.noise_generator.set_state(ranks[self.dist.rank]["noise"])
+            set_generator_state(self.noise_generator, ranks[self.dist.rank]["noise"])
 
     def restore(self, path: Path | None = None, *, weights_only: bool = False) -> Path:
         """Load the latest (or the given) checkpoint; refuse one from a different model."""
