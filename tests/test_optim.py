@@ -102,3 +102,37 @@ def test_options_changed_later_and_new_groups_are_honoured():
         strict=True,
     ):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fast_path", [False, True])
+def test_found_inf_skips_the_step_on_the_device(fast_path):
+    """step(found_inf=1.0) leaves parameters, moments and step counters as they were (the
+    kernel skips; the counters are put back); found_inf=0.0 is an ordinary step. Before the
+    state exists (no fast path yet) the flag is read on the host, with the same outcome."""
+    net, x = _problem(0)
+    opt = FusedAdam(net.parameters(), lr=1e-2)
+    if fast_path:
+        _train(net, opt, x, 2)
+    before_params = [p.detach().clone() for p in net.parameters()]
+    before_state = copy.deepcopy(opt.state_dict())
+    net(x).pow(2).sum().backward()
+    opt.step(found_inf=torch.ones(()))
+    assert (opt._lists is not None) == fast_path
+    for p, q in zip(net.parameters(), before_params, strict=True):
+        assert torch.equal(p, q)
+    after_state = opt.state_dict()
+    assert after_state["state"].keys() == before_state["state"].keys()
+    for i, s in before_state["state"].items():
+        for key, value in s.items():
+            assert torch.equal(after_state["state"][i][key], value), key
+    reference = copy.deepcopy(net), copy.deepcopy(opt.state_dict())
+    opt.step(found_inf=torch.zeros(()))  # the same gradients, now applied
+    ref_net, ref_state = reference
+    ref_opt = FusedAdam(ref_net.parameters(), lr=1e-2)
+    ref_opt.load_state_dict(ref_state)
+    for p, q in zip(ref_net.parameters(), net.parameters(), strict=True):
+        p.grad = q.grad.clone()
+    ref_opt.step()
+    for p, q in zip(net.parameters(), ref_net.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert not any(torch.equal(p, q) for p, q in zip(net.parameters(), before_params, strict=True))

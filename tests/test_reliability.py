@@ -224,9 +224,12 @@ def _poison(trainer, bad):
     return trainer.model.decoder.register_forward_hook(hook)
 
 
-def test_a_transient_nan_step_is_skipped_and_training_goes_on(tmp_path):
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_transient_nan_step_is_skipped_and_training_goes_on(tmp_path, deferred):
+    """Also with the deferred checks of CUDA (forced here on the CPU): the same outcome."""
     config = small_config(**{"train.epochs": 2})
     trainer = Trainer(config, tmp_path / "run")
+    trainer._defer_checks = deferred
     _poison(trainer, lambda step: step in (3, 4))
     history = trainer.fit()
     assert [h["skipped_steps"] for h in history] == [2, 0]
@@ -235,10 +238,13 @@ def test_a_transient_nan_step_is_skipped_and_training_goes_on(tmp_path):
     assert trainer.last_fault == (4, "expected log-likelihood E_q[log p(x|z)]")
 
 
-def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped(tmp_path):
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped(tmp_path, deferred):
     """Only the gradient goes bad (a backward hook on the decoder's last weight): the loss is
-    finite, the one-pass gradient check still skips the step and names the gradient."""
+    finite, the one-pass gradient check still skips the step and names the gradient (deferred:
+    the fused Adam kernel skips it on the device and its step counters stay)."""
     trainer = Trainer(small_config(**{"train.epochs": 1}), tmp_path / "run")
+    trainer._defer_checks = deferred
     weight = [m for m in trainer.model.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
     weight = weight.weight
     handle = weight.register_hook(
@@ -254,7 +260,10 @@ def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped(tmp_path):
     assert int(state["step"]) == trainer.step - 2  # skipped steps are not counted by Adam
 
 
-def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_message(tmp_path):
+@pytest.mark.parametrize("deferred", [False, True])
+def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_message(
+    tmp_path, deferred
+):
     from dgm.train.checkpoint import load_checkpoint
     from dgm.train.loop import NumericalError
     from dgm.train.run import prepare_new_run, read_metrics, train_run
@@ -265,6 +274,7 @@ def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_mess
     run_dir = tmp_path / "run"
     prepare_new_run(config, run_dir)
     trainer = Trainer(config, run_dir)
+    trainer._defer_checks = deferred
     steps_per_epoch = len(trainer.batches)
     _poison(trainer, lambda step: step >= steps_per_epoch + 2)  # from epoch 2 on, for good
     with pytest.raises(NumericalError) as err:
@@ -278,9 +288,11 @@ def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_mess
     assert load_checkpoint(run_dir / "checkpoints" / "epoch-0001").epoch == 1
 
 
-def test_a_restart_with_a_lower_rate_can_get_past_a_bad_stretch(tmp_path):
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_restart_with_a_lower_rate_can_get_past_a_bad_stretch(tmp_path, deferred):
     config = small_config(**{"train.epochs": 3, "train.max_bad_steps": 3})
     trainer = Trainer(config, tmp_path / "run")
+    trainer._defer_checks = deferred
     steps = len(trainer.batches)
 
     def bad(step):  # three steps early in epoch 2 go bad, the first time through only
@@ -376,3 +388,21 @@ def test_two_processes_never_train_one_run(tmp_path, capsys):
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
     with run_lock(run_dir):  # released with the process
         pass
+
+
+def test_deferred_checks_train_exactly_as_the_synchronous_ones(tmp_path):
+    """CUDA's deferred checks (the device skips a bad update itself, the host reads the flag a
+    step later), forced on the CPU, give the synchronous path's metrics and weights exactly."""
+    from tests.test_training import _numbers
+
+    runs = {}
+    for deferred in (False, True):
+        trainer = Trainer(small_config(**{"train.epochs": 2}), tmp_path / str(deferred))
+        trainer._defer_checks = deferred
+        assert trainer.defer_checks is deferred
+        history = trainer.fit()
+        runs[deferred] = (history, [p.detach().clone() for p in trainer.model.parameters()])
+    (sync, w_sync), (deferred, w_deferred) = runs[False], runs[True]
+    assert _numbers(sync) == _numbers(deferred)
+    assert all(torch.equal(a, b) for a, b in zip(w_sync, w_deferred, strict=True))
+    assert not Trainer(small_config(), tmp_path / "cpu").defer_checks  # the CPU default

@@ -61,6 +61,13 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def all_reduce_max(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` replaced in place by its maximum over the ranks, on its device (no host
+        read: with NCCL the reduction is queued like any kernel)."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
         if not self.enabled:

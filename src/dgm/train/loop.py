@@ -56,6 +56,31 @@ class NumericalError(DGMError):
     """Training kept producing non-finite values; the run directory holds the last good state."""
 
 
+def _fault_term(est: Estimate, loss: torch.Tensor) -> str:
+    """The term at fault in a skipped step: the gradient under a finite loss, else the first
+    non-finite one of the log-likelihood, the KL and the loss."""
+    if bool(torch.isfinite(loss)):
+        return "gradient of the loss"
+    if not bool(torch.isfinite(est.log_lik).all()):
+        return "expected log-likelihood E_q[log p(x|z)]"
+    if not bool(torch.isfinite(est.kl).all()):
+        return "KL(q || p)"
+    return "loss"
+
+
+@dataclass
+class _Launched:
+    """A step launched with deferred checks: its index, estimate, loss, its flags (skipped,
+    and whether this rank's own loss or gradient was at fault) on their way to the host, and
+    the CUDA event after their copy."""
+
+    step: int
+    est: Estimate
+    loss: torch.Tensor
+    flags: torch.Tensor
+    event: torch.cuda.Event | None
+
+
 class _Diverged(Exception):
     """Internal: too many non-finite steps in a row (caught by Trainer.fit)."""
 
@@ -222,6 +247,7 @@ class Trainer:
         # numerical faults: consecutive skipped steps, the last fault, restarts, lr multiplier
         self.bad_steps = 0
         self.last_fault: tuple[int, str] | None = None
+        self._defer_checks: bool | None = None  # None: deferred on CUDA (see defer_checks)
         self.recoveries = 0
         self.lr_scale = 1.0
 
@@ -284,18 +310,29 @@ class Trainer:
         )
         start = time.perf_counter()
         skipped = 0
+        pending: _Launched | None = None  # deferred checks: the step whose flag is in flight
+        last = len(self.batches) - 1
         for i, (x, index) in enumerate(self.batches):
             if per_step:
                 self._set_lr(self.learning_rate(self.epoch + i / len(self.batches)))
-            est = self.train_step(x, index)
-            if est is None:  # a non-finite loss or gradient: the step was skipped
-                skipped += 1
-                if self.bad_steps >= self.config.train.max_bad_steps:
-                    raise _Diverged
-                continue
-            parts.append((est.bound.detach(), est.log_lik.detach(), est.kl.detach()))
-            n += x.shape[0]
-            if progress and (i % 50 == 0 or i == len(self.batches) - 1):
+            if self.defer_checks:  # launch this step, then settle the one before it
+                launched = self._launch_step(x, index)
+                settled = [] if pending is None else [self._settle(pending)]
+                pending = launched
+                if i == last:
+                    settled.append(self._settle(pending))
+                    pending = None
+            else:
+                settled = [self.train_step(x, index)]
+            for done in settled:  # None: a non-finite loss or gradient, the step was skipped
+                if done is None:
+                    skipped += 1
+                    if self.bad_steps >= self.config.train.max_bad_steps:
+                        raise _Diverged
+                    continue
+                parts.append((done.bound.detach(), done.log_lik.detach(), done.kl.detach()))
+                n += done.bound.shape[-1]
+            if progress and n and (i % 50 == 0 or i == last):
                 shown += torch.cat([p[0] for p in parts[shown_steps:]]).double().sum().item()
                 shown_steps = len(parts)
                 bar.set_postfix({self.bound_name: f"{shown / n:.2f}"}, refresh=False)
@@ -327,21 +364,7 @@ class Trainer:
 
         A non-finite loss or gradient skips the update (returns None) and is recorded in
         ``bad_steps`` (consecutive) and ``last_fault`` (the step and the term at fault)."""
-        beta = self.kl_weight(self.step)
-        if self.local_optimizer is not None:
-            self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
-            q = self.posterior(x, index) if self.local else None  # a table: the batch's rows
-            # distributed: DDP averages the gradients across ranks during backward
-            est = Estimate(*self._forward(x, index, beta, q))
-        loss = -est.surrogate.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.local_optimizer is not None:
-            self.local_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in self._global_params if p.grad is not None]
-        bad = nonfinite_gradients(grads, self._found_inf)  # () float32: 1 if a gradient is bad
-        bad.add_(torch.isfinite(loss).logical_not())  # or the loss: one host read for both
+        est, loss, bad = self._gradient(x, index)
         fault = None if not bool(bad) else self._fault(est, loss)
         if self.dist.any(fault is not None) and fault is None:  # another rank's fault: skip too
             fault = "loss or gradient on another process"
@@ -360,18 +383,82 @@ class Trainer:
         self.step += 1
         return est
 
+    def _gradient(
+        self, x: torch.Tensor, index: torch.Tensor
+    ) -> tuple[Estimate, torch.Tensor, torch.Tensor]:
+        """The step's estimate, loss and gradients (in ``.grad``), and a () float32 flag on
+        the device: 1.0 if the loss or a gradient is not finite, else 0.0."""
+        beta = self.kl_weight(self.step)
+        if self.local_optimizer is not None:
+            self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
+            q = self.posterior(x, index) if self.local else None  # a table: the batch's rows
+            # distributed: DDP averages the gradients across ranks during backward
+            est = Estimate(*self._forward(x, index, beta, q))
+        loss = -est.surrogate.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.local_optimizer is not None:
+            self.local_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self._global_params if p.grad is not None]
+        bad = nonfinite_gradients(grads, self._found_inf)  # () float32: 1 if a gradient is bad
+        bad.add_(torch.isfinite(loss).logical_not()).clamp_(max=1.0)  # or the loss
+        return est, loss, bad
+
+    # -- deferred checks (CUDA): no host synchronization per step -------------------------------
+    # The flag of a step goes to the fused Adam kernel, which skips the update on the device
+    # itself, and to a pinned host buffer by an asynchronous copy; the host reads it one step
+    # later, once the next step has been launched, so the GPU never waits for the host. The
+    # bookkeeping (skipped steps, bad_steps, last_fault, divergence) is the synchronous path's,
+    # one step late. Per-datapoint tables (SparseAdam, no device-side skip) keep that path.
+
+    @property
+    def defer_checks(self) -> bool:
+        """Whether train_epoch uses deferred checks: on CUDA, without per-datapoint tables."""
+        if self._defer_checks is None:
+            return self.device.type == "cuda" and self.local_optimizer is None
+        return self._defer_checks
+
+    def _launch_step(self, x: torch.Tensor, index: torch.Tensor) -> _Launched:
+        """One step whose update the device skips by itself if it is not finite."""
+        est, loss, bad = self._gradient(x, index)
+        local = bad.clone()  # this rank's own flag, for the message
+        if self.dist.enabled:  # every rank skips alike, without the host reading the flag
+            self.dist.all_reduce_max(bad)
+        self.optimizer.step(found_inf=bad)
+        flags = torch.empty(2, pin_memory=self.device.type == "cuda")
+        flags.copy_(torch.stack([bad, local]), non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        launched = _Launched(self.step, est, loss, flags, event)
+        self.step += 1
+        return launched
+
+    def _settle(self, launched: _Launched) -> Estimate | None:
+        """The launched step's outcome, read once its flag has reached the host: its estimate,
+        or None (skipped), with the synchronous path's bookkeeping."""
+        if launched.event is not None:
+            launched.event.synchronize()
+        bad, local = (bool(v) for v in launched.flags.tolist())
+        if not bad:
+            self.bad_steps = 0
+            return launched.est
+        fault = "loss or gradient on another process"
+        if local:  # the gradients in .grad are the next step's by now: judge by the loss
+            fault = _fault_term(launched.est, launched.loss)
+        self.bad_steps += 1
+        self.last_fault = (launched.step, fault)
+        return None
+
     def _fault(self, est: Estimate, loss: torch.Tensor) -> str | None:
         """Which term is non-finite: the log-likelihood, the KL, the loss or the gradient."""
         if bool(torch.isfinite(loss)):
             grads = [p.grad for p in self._global_params if p.grad is not None]
             if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
                 return None
-            return "gradient of the loss"
-        if not bool(torch.isfinite(est.log_lik).all()):
-            return "expected log-likelihood E_q[log p(x|z)]"
-        if not bool(torch.isfinite(est.kl).all()):
-            return "KL(q || p)"
-        return "loss"
+        return _fault_term(est, loss)
 
     def e_step(self, x: torch.Tensor, index: torch.Tensor, steps: int, beta: float = 1.0) -> None:
         """``steps`` updates of the rows (lambda_n, eta_n) of the batch, theta frozen."""

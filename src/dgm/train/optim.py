@@ -76,7 +76,7 @@ class FusedAdam(torch.optim.Adam):
             lists = []
             for group in self.param_groups:
                 params = group["params"]
-                if any("exp_avg" not in self.state[p] for p in params):
+                if any(p not in self.state or "exp_avg" not in self.state[p] for p in params):
                     return None
                 states = [self.state[p] for p in params]
                 lists.append(
@@ -91,12 +91,17 @@ class FusedAdam(torch.optim.Adam):
         return self._lists
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001
+    def step(self, closure=None, found_inf: torch.Tensor | None = None):  # noqa: ANN001
+        """One Adam step; with ``found_inf`` (a float32 scalar on the parameters' device, 1.0
+        for "skip") the kernel itself skips the update and the step counters stay, so that a
+        step can be skipped without the host reading the flag (GradScaler's mechanism)."""
         lists = self._cached_lists() if closure is None and _KERNEL is not None else None
         grads = None
         if lists is not None:
             grads = [[p.grad for p in params] for params, *_ in lists]
         if grads is None or any(g is None for gs in grads for g in gs):
+            if found_inf is not None and bool(found_inf):  # no fast path yet: read the flag
+                return None
             return super().step(closure)
         for group, (params, exp_avgs, exp_avg_sqs, steps), gs in zip(
             self.param_groups, lists, grads, strict=True
@@ -118,6 +123,8 @@ class FusedAdam(torch.optim.Adam):
                 amsgrad=False,
                 maximize=False,
                 grad_scale=None,
-                found_inf=None,
+                found_inf=found_inf,
             )
+            if found_inf is not None:  # a skipped step is not counted (as torch's Adam does)
+                torch._foreach_sub_(steps, [found_inf] * len(steps))
         return None
