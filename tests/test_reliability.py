@@ -406,3 +406,18 @@ def test_deferred_checks_train_exactly_as_the_synchronous_ones(tmp_path):
     assert _numbers(sync) == _numbers(deferred)
     assert all(torch.equal(a, b) for a, b in zip(w_sync, w_deferred, strict=True))
     assert not Trainer(small_config(), tmp_path / "cpu").defer_checks  # the CPU default
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_the_progress_bar_survives_an_epoch_ending_in_skipped_steps(tmp_path, deferred):
+    """With the progress bar on, every step after the first of a 20-step epoch is skipped (19,
+    one short of max_bad_steps): the bar has nothing new to show at the epoch's end, and the
+    epoch still ends with its metrics (19 skipped)."""
+    trainer = Trainer(small_config(**{"train.epochs": 1}), tmp_path / "run")
+    trainer._defer_checks = deferred
+    assert len(trainer.batches) == 20
+    _poison(trainer, lambda step: step >= 1)
+    history = trainer.fit(progress=True)
+    assert history[0]["skipped_steps"] == 19 and torch.isfinite(
+        torch.tensor(history[0]["train_elbo"])
+    )

@@ -332,7 +332,7 @@ class Trainer:
                     continue
                 parts.append((done.bound.detach(), done.log_lik.detach(), done.kl.detach()))
                 n += done.bound.shape[-1]
-            if progress and n and (i % 50 == 0 or i == last):
+            if progress and len(parts) > shown_steps and (i % 50 == 0 or i == last):
                 shown += torch.cat([p[0] for p in parts[shown_steps:]]).double().sum().item()
                 shown_steps = len(parts)
                 bar.set_postfix({self.bound_name: f"{shown / n:.2f}"}, refresh=False)
@@ -417,7 +417,7 @@ class Trainer:
         """Whether train_epoch uses deferred checks: on CUDA, without per-datapoint tables."""
         if self._defer_checks is None:
             return self.device.type == "cuda" and self.local_optimizer is None
-        return self._defer_checks
+        return self._defer_checks and self.local_optimizer is None  # tables: never
 
     def _launch_step(self, x: torch.Tensor, index: torch.Tensor) -> _Launched:
         """One step whose update the device skips by itself if it is not finite."""
@@ -431,7 +431,7 @@ class Trainer:
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))  # the run's GPU, not device 0
         launched = _Launched(self.step, est, loss, flags, event)
         self.step += 1
         return launched
