@@ -15,7 +15,7 @@ from dgm.models import (
     StandardNormalPrior,
 )
 from dgm.models.likelihoods import _broadcasts_to
-from dgm.models.prior import kl_to_prior
+from dgm.models.prior import kl_to_prior, normal_kl
 from dgm.nn import MLP, Tanh
 from dgm.variational import PointMass
 
@@ -285,6 +285,33 @@ def test_kl_to_the_standard_normal_prior_is_torchs_in_value_and_gradient(prior_b
     torch.testing.assert_close(
         kl_divergence(laplace, p), kl_divergence(laplace, ref_p), rtol=1e-12, atol=1e-12
     )
+
+
+def test_the_elementwise_normal_kl_is_torchs_in_value_gradient_and_dtype():
+    """``normal_kl`` (free bits' per-unit KL, called without torch's type dispatch) is torch's
+    Normal-Normal KL elementwise, in float64 value and gradient to all four parameters, with
+    broadcasting, and computes in float32 for a bfloat16 q under autocast, as torch does."""
+    torch.manual_seed(1)
+    params = [
+        torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        for shape in ((5, 3), (5, 3), (3,), (3,))
+    ]
+    q_loc, q_log_scale, p_loc, p_log_scale = params
+    q, p = Normal(q_loc, q_log_scale.exp()), Normal(p_loc, p_log_scale.exp())
+    ours, theirs = normal_kl(q, p), kl_divergence(q, p)
+    assert ours.shape == (5, 3) and ours.dtype == torch.float64
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    w = torch.randn(5, 3, dtype=torch.float64)  # a generic direction, not only the sum
+    g_ours = torch.autograd.grad((w * ours).sum(), params, retain_graph=True)
+    g_theirs = torch.autograd.grad((w * theirs).sum(), params)
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    q16 = Normal(q_loc.detach().bfloat16(), q_log_scale.detach().exp().bfloat16())
+    p32 = Normal(torch.zeros(3), torch.ones(3))
+    with torch.autocast("cpu", torch.bfloat16):
+        ours, theirs = normal_kl(q16, p32), kl_divergence(q16, p32)
+    assert ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_kl_to_the_prior_keeps_torchs_dtype_under_autocast():

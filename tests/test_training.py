@@ -283,21 +283,26 @@ def test_the_forward_that_ddp_and_compile_wrap_returns_the_estimators_fields(tmp
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_a_compiled_step_is_the_eager_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [{}, {"objective.free_bits": 0.5}], ids=["plain", "free-bits"])
+def test_a_compiled_step_is_the_eager_step(tmp_path, monkeypatch, request, extra):
     """train.compile = true: torch.compile (inductor) of the training forward gives the eager
     step's bound and gradients to float32 rounding (inductor's own random numbers switched to
-    torch's, so that both draw the same eps), in one graph: no graph break."""
+    torch's, so that both draw the same eps), in one graph: no graph break; with free bits too
+    (their per-unit KL once went through torch's KL dispatch, a graph break)."""
     import torch._inductor.config
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    # config.patch, not monkeypatch: inductor's config module undoes a setattr by deleting
+    patch = torch._inductor.config.patch(fallback_random=True)
+    patch.__enter__()
+    request.addfinalizer(lambda: patch.__exit__(None, None, None))
     # as in a fresh process: torch's KL dispatch is a graph break until memoized by a call
     monkeypatch.setattr(torch.distributions.kl, "_KL_MEMOIZE", {})
     counters.clear()
     x, index = Trainer(small_config(), tmp_path / "data").data.x_test[:50], torch.arange(50)
     runs = {}
     for name, compile_ in (("compiled", True), ("eager", False)):
-        trainer = Trainer(small_config(**{"train.compile": compile_}), tmp_path / name)
+        trainer = Trainer(small_config(**{"train.compile": compile_, **extra}), tmp_path / name)
         assert isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule) == compile_
         torch.manual_seed(3)
         est = trainer.train_step(x, index)

@@ -18,11 +18,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, Normal
 
 from dgm.baselines import Baseline
 from dgm.models import DeepLatentModel
-from dgm.models.prior import kl_to_prior
+from dgm.models.prior import kl_to_prior, normal_kl
 from dgm.objectives import elbo, iwae
 
 KLMode = Literal["analytic", "mc", "none"]
@@ -114,7 +114,7 @@ def free_bits_kl(q: Distribution, p: Distribution, kl: torch.Tensor, lam: float)
         and isinstance(p, Independent)
         and isinstance(p.base_dist, Normal)
     ):
-        kl_j = kl_divergence(q.base_dist, p.base_dist)  # (B, d)
+        kl_j = normal_kl(q.base_dist, p.base_dist)  # (B, d)
         active = (kl_j.mean(0) >= lam).detach()  # (d,)
         return (kl_j * active).sum(-1)
     d = q.event_shape[-1]

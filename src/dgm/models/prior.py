@@ -74,6 +74,22 @@ def kl_to_prior(q: Distribution, p: Distribution) -> torch.Tensor:
     return kl_divergence(q, p)
 
 
+def normal_kl(q: Normal, p: Normal) -> torch.Tensor:
+    r"""KL(q || p) of two univariate Gaussians, elementwise (their broadcast shape):
+
+        log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2
+
+    torch's Normal-Normal formula, called directly: ``kl_divergence`` dispatches on the types,
+    a graph break under ``torch.compile`` (free bits need the KL per latent unit, which the
+    closed form of :func:`kl_to_prior` sums). In the promoted dtype of q's and p's parameters,
+    with autocast off, as :func:`_kl_to_standard_normal`."""
+    dtype = torch.promote_types(q.loc.dtype, p.loc.dtype)
+    with torch.autocast(q.loc.device.type, enabled=False):
+        var_ratio = (q.scale.to(dtype) / p.scale.to(dtype)).pow(2)
+        t1 = ((q.loc.to(dtype) - p.loc.to(dtype)) / p.scale.to(dtype)).pow(2)
+        return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+
+
 class StandardNormalPrior(nn.Module):
     r"""p(z) = N(z; 0, I) over ``latent_dim`` dimensions (event shape (latent_dim,))."""
 
