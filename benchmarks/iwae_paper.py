@@ -89,6 +89,20 @@ def evaluate(run_dir: Path, k: int, seed: int = 0) -> dict:
     return result
 
 
+def epochs_by_setting(metrics: list[dict]) -> dict[str, int]:
+    """How many epochs ran with each (compiled, threads, device), e.g. {"compiled, 1 thread,
+    cpu": 3153, "eager, 2 threads, cpu": 127}; "not recorded" for metrics of older runs."""
+    counts: dict[str, int] = {}
+    for m in metrics:
+        if "threads" in m:
+            threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+            key = f"{'compiled' if m['compiled'] else 'eager'}, {threads}, {m['device']}"
+        else:
+            key = "not recorded"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("row", nargs="?", help="a config name in configs/iwae, e.g. 1l_vae_k1")
@@ -153,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "train_time_s": metrics[-1]["train_time_s"],
         "eval_time_s": ev["seconds"],
         "machine": machine(),
-        "compile": args.compile,
+        "compile": args.compile,  # this invocation's; a resumed run may have changed it
+        # how the epochs computed, over every invocation (the metrics of older runs lack it)
+        "epochs_by_setting": epochs_by_setting(metrics),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")

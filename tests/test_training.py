@@ -64,8 +64,15 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+#: what a metrics row records of how the epoch computed, not what it computed
+HOW = {"threads", "compiled", "device"}
+
+
 def _numbers(rows):
-    return [{k: v for k, v in r.items() if "time" not in k and "_per_s" not in k} for r in rows]
+    return [
+        {k: v for k, v in r.items() if "time" not in k and "_per_s" not in k and k not in HOW}
+        for r in rows
+    ]
 
 
 def test_learning_rate_schedules():
@@ -166,6 +173,9 @@ def test_run_writes_metrics_config_and_pictures(tmp_path):
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_elbo", "test_elbo", "test_kl", "images_per_s"} <= set(rows[0])
+    # how each epoch computed, since resume may change it (dgm.config.RUNTIME_KEYS)
+    assert rows[0]["threads"] == torch.get_num_threads()
+    assert (rows[0]["compiled"], rows[0]["device"]) == (False, "cpu")
     assert json.loads((run_dir / "config.json").read_text())["model"]["latent_dim"] == 8
     from PIL import Image
 

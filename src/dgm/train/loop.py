@@ -356,6 +356,10 @@ class Trainer:
         out["skipped_steps"] = skipped
         out["epoch_time_s"] = elapsed
         out["images_per_s"] = n / elapsed if elapsed > 0 else 0.0
+        # how this epoch computed (may change on resume): wall times mean little without it
+        out["threads"] = torch.get_num_threads()
+        out["compiled"] = self.config.train.compile
+        out["device"] = str(self.device)
         return out
 
     def train_step(self, x: torch.Tensor, index: torch.Tensor) -> Estimate | None:
