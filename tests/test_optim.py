@@ -136,3 +136,21 @@ def test_found_inf_skips_the_step_on_the_device(fast_path):
     for p, q in zip(net.parameters(), ref_net.parameters(), strict=True):
         assert torch.equal(p, q)
     assert not any(torch.equal(p, q) for p, q in zip(net.parameters(), before_params, strict=True))
+
+
+def test_zero_grad_clears_every_group_as_torchs_does():
+    """The lean ``zero_grad`` leaves what torch's would: no gradient (set_to_none, the default),
+    or zeros in place (set_to_none=False), in every parameter group."""
+    net, x = _problem(2)
+    first, second = list(net.parameters())[:2], list(net.parameters())[2:]
+    opt = FusedAdam([{"params": first}, {"params": second, "lr": 1e-3}])
+    for set_to_none in (False, True):
+        net(x).pow(2).sum().backward()
+        buffers = [p.grad for p in net.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in buffers)
+        opt.zero_grad(set_to_none=set_to_none)
+        for p, g in zip(net.parameters(), buffers, strict=True):
+            if set_to_none:
+                assert p.grad is None
+            else:  # the same buffer, zeroed
+                assert p.grad is g and not g.any()

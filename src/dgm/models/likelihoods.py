@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from dgm.precision import autocast_off
+
 
 class Likelihood(nn.Module):
     """Contract: ``param_size(D)`` numbers per example in; a distribution, event shape (D,), out."""
@@ -130,7 +132,7 @@ class IndependentBernoulli(Independent):
         dtype = torch.promote_types(h.dtype, value.dtype)  # as torch's Bernoulli promotes
         h, value = h.to(dtype), value.to(dtype)
         # in the input's precision even under autocast (which would take vecdot to bfloat16)
-        with torch.autocast(h.device.type, enabled=False):
+        with autocast_off(h.device.type):
             if torch.compiler.is_compiling():  # train.compile: autograd's formula, fused there
                 return _softplus_form(h, value)
             if not torch.is_grad_enabled():

@@ -10,6 +10,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from torch.distributions.kl import _kl_independent_independent
 
 from dgm.models.chain import ConditionalGaussian, GaussianChain
+from dgm.precision import autocast_off
 
 
 class StandardNormal(Independent):
@@ -60,7 +61,7 @@ def _kl_to_standard_normal(q: Independent, p: StandardNormal) -> torch.Tensor:
     # computes it, even under autocast (train.precision = "bfloat16" makes q's bfloat16)
     dtype = torch.promote_types(base.loc.dtype, p.base_dist.loc.dtype)
     loc, scale = base.loc.to(dtype), base.scale.to(dtype)  # (..., d) each, broadcast by Normal
-    with torch.autocast(loc.device.type, enabled=False):
+    with autocast_off(loc.device.type):
         square_sum = torch.linalg.vecdot(loc, loc) + torch.linalg.vecdot(scale, scale)
         return 0.5 * (square_sum - loc.shape[-1]) - scale.log().sum(-1)
 
@@ -84,7 +85,7 @@ def normal_kl(q: Normal, p: Normal) -> torch.Tensor:
     closed form of :func:`kl_to_prior` sums). In the promoted dtype of q's and p's parameters,
     with autocast off, as :func:`_kl_to_standard_normal`."""
     dtype = torch.promote_types(q.loc.dtype, p.loc.dtype)
-    with torch.autocast(q.loc.device.type, enabled=False):
+    with autocast_off(q.loc.device.type):
         var_ratio = (q.scale.to(dtype) / p.scale.to(dtype)).pow(2)
         t1 = ((q.loc.to(dtype) - p.loc.to(dtype)) / p.scale.to(dtype)).pow(2)
         return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())

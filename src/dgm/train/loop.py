@@ -12,6 +12,7 @@ optimizer, the step counters and the random number generators (the global torch 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -395,7 +396,13 @@ class Trainer:
         beta = self.kl_weight(self.step)
         if self.local_optimizer is not None:
             self.e_step(x, index, self.config.inference.inner_steps - 1, beta)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bfloat16):
+        # bfloat16: the networks under autocast; otherwise no context (it costs per step)
+        precision = (
+            torch.autocast(self.device.type, torch.bfloat16)
+            if self.bfloat16
+            else contextlib.nullcontext()
+        )
+        with precision:
             q = self.posterior(x, index) if self.local else None  # a table: the batch's rows
             # distributed: DDP averages the gradients across ranks during backward
             est = Estimate(*self._forward(x, index, beta, q))
