@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dgm.config import load_config
-from dgm.errors import CheckpointError
+from dgm.errors import CheckpointError, ConfigError
 from dgm.train import Trainer, train_run
 from dgm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from dgm.train.loop import iwae_stage
@@ -73,6 +73,19 @@ def _numbers(rows):
         {k: v for k, v in r.items() if "time" not in k and "_per_s" not in k and k not in HOW}
         for r in rows
     ]
+
+
+def test_kl_warmup_rises_linearly_over_epochs_or_steps():
+    """beta = min(1, step / W): W = kl_warmup_epochs times the steps per epoch, or
+    kl_warmup_steps; giving both is refused in one line naming them."""
+    epochs = Trainer(small_config(**{"objective.kl_warmup_epochs": 2}), "unused")
+    assert len(epochs.batches) == 20  # 1,000 images in batches of 50
+    assert [epochs.kl_weight(s) for s in (0, 10, 20, 40, 60)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    steps = Trainer(small_config(**{"objective.kl_warmup_steps": 8}), "unused")
+    assert [steps.kl_weight(s) for s in (0, 2, 4, 8, 100)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert Trainer(small_config(), "unused").kl_weight(0) == 1.0  # no warm-up
+    with pytest.raises(ConfigError, match="kl_warmup_epochs and kl_warmup_steps"):
+        small_config(**{"objective.kl_warmup_epochs": 1, "objective.kl_warmup_steps": 5})
 
 
 def test_learning_rate_schedules():

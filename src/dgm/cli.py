@@ -32,6 +32,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     ),
     "free_bits": ("objective.free_bits", float, "nats per latent unit below which the KL is free"),
     "kl_warmup": ("objective.kl_warmup_epochs", float, "epochs of linear KL warm-up (0 to 1)"),
+    "kl_warmup_steps": ("objective.kl_warmup_steps", int, "or optimizer steps of KL warm-up"),
     "baseline": (
         "objective.baseline",
         str,

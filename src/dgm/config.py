@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -121,6 +122,7 @@ class ObjectiveConfig(_Section):
     # bound has no KL term (it works on log-weights); its logged KL is the Monte Carlo estimate.
     kl: Literal["auto", "analytic", "mc"] = "auto"
     kl_warmup_epochs: float = Field(0.0, ge=0)  # KL weight rises linearly from 0 to 1 over these
+    kl_warmup_steps: NonNegativeInt = 0  # or over these optimizer steps (not both)
     # free bits (Kingma et al. 2016): the KL of a latent dimension gets no gradient while its
     # minibatch average is below this many nats (0: off; ELBO with estimator reparam only)
     free_bits: float = Field(0.0, ge=0)
@@ -153,6 +155,10 @@ class ObjectiveConfig(_Section):
             raise ValueError(
                 f"estimator = '{self.estimator}' works on Monte Carlo log-weights: set kl = 'mc' "
                 "or 'auto'"
+            )
+        if self.kl_warmup_epochs > 0 and self.kl_warmup_steps > 0:
+            raise ValueError(
+                "kl_warmup_epochs and kl_warmup_steps both set: give the warm-up's length once"
             )
         if self.free_bits > 0 and (self.bound != "elbo" or self.estimator != "reparam"):
             raise ValueError(

@@ -282,8 +282,10 @@ class Trainer:
         return self.lr_scale * tc.lr * (tc.lr_final / tc.lr) ** (epoch / (tc.epochs - 1))
 
     def kl_weight(self, step: int) -> float:
-        """KL warm-up: beta = min(1, step / (kl_warmup_epochs * steps per epoch))."""
-        warmup_steps = self.config.objective.kl_warmup_epochs * len(self.batches)
+        """KL warm-up: beta = min(1, step / W), W = kl_warmup_steps, or kl_warmup_epochs times
+        the steps per epoch."""
+        oc = self.config.objective
+        warmup_steps = oc.kl_warmup_steps or oc.kl_warmup_epochs * len(self.batches)
         return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
     def _set_lr(self, lr: float) -> None:
