@@ -307,13 +307,16 @@ def test_the_forward_that_ddp_and_compile_wrap_returns_the_estimators_fields(tmp
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("extra", [{}, {"objective.free_bits": 0.5}], ids=["plain", "free-bits"])
-def test_a_compiled_step_is_the_eager_step(tmp_path, monkeypatch, request, extra):
-    """train.compile = true: torch.compile (inductor) of the training forward gives the eager
+def test_a_compiled_forward_is_the_eager_step(tmp_path, monkeypatch, request, extra):
+    """train.compile = true where the whole step cannot be compiled (dgm.train.step.supports
+    says no; here patched so): torch.compile (inductor) of the training forward gives the eager
     step's bound and gradients to float32 rounding (inductor's own random numbers switched to
     torch's, so that both draw the same eps), in one graph: no graph break; with free bits too
     (their per-unit KL once went through torch's KL dispatch, a graph break)."""
     import torch._inductor.config
     from torch._dynamo.utils import counters
+
+    monkeypatch.setattr("dgm.train.loop.whole_step_supported", lambda *args: False)
 
     # config.patch, not monkeypatch: inductor's config module undoes a setattr by deleting
     patch = torch._inductor.config.patch(fallback_random=True)
@@ -337,6 +340,135 @@ def test_a_compiled_step_is_the_eager_step(tmp_path, monkeypatch, request, extra
     assert len(g_eager) == len(g_compiled) > 0
     for a, b in zip(g_compiled, g_eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _adam_state(trainer):
+    return [trainer.optimizer.state[p] for p in trainer._global_params]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"objective.free_bits": 0.5, "objective.kl_warmup_steps": 10},
+        {"objective.estimator": "stl", "objective.kl": "mc"},
+        {
+            "objective.bound": "iwae",
+            "objective.k": 5,
+            "objective.estimator": "dreg",
+            "objective.kl": "mc",
+            "objective.kl_warmup_steps": 10,
+        },
+        {"model.posterior": "iaf:2"},
+    ],
+    ids=["plain", "free-bits-warm-up", "stl", "dreg-iwae-warm-up", "iaf"],
+)
+def test_the_whole_compiled_step_is_the_eager_step_and_adam(tmp_path, request, extra):
+    """train.compile = true with a pathwise estimator: forward, gradient and check are one
+    compiled graph (dgm.train.step) before the fused Adam kernel, and three steps of it leave
+    the parameters and Adam's moments and counters where the eager step leaves them, to
+    float32 rounding (inductor's random numbers switched to torch's); one graph, no break and
+    no recompilation, though the KL weight changes every step under warm-up."""
+    import torch._inductor.config
+    from torch._dynamo.utils import counters
+
+    patch = torch._inductor.config.patch(fallback_random=True)
+    patch.__enter__()
+    request.addfinalizer(lambda: patch.__exit__(None, None, None))
+    counters.clear()
+    x = Trainer(small_config(), tmp_path / "data").data.x_train[:60]
+    runs = {}
+    for name, compile_ in (("compiled", True), ("eager", False)):
+        trainer = Trainer(small_config(**{"train.compile": compile_, **extra}), tmp_path / name)
+        assert (trainer._whole_step is not None) == compile_
+        torch.manual_seed(3)
+        bounds = [trainer.train_step(x[i : i + 20], torch.arange(20)).bound for i in (0, 20, 40)]
+        runs[name] = (bounds, trainer)
+    (b_eager, eager), (b_compiled, compiled) = runs["eager"], runs["compiled"]
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert compiled.step == eager.step == 3
+    for a, b in zip(b_compiled, b_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    # Adam's step m / (sqrt(v) + eps) of a gradient near zero magnifies its rounding: the
+    # parameters agree to a small fraction of one step (lr) everywhere, and almost exactly
+    # almost everywhere (the update itself is checked exactly in float64 below)
+    lr = eager.config.train.lr
+    pairs = zip(compiled._global_params, eager._global_params, strict=True)
+    diffs = torch.cat([(p - q).abs().flatten() for p, q in pairs])
+    assert diffs.max() < 0.5 * lr and (diffs < 1e-3 * lr).float().mean() > 0.999
+    for s, t in zip(_adam_state(compiled), _adam_state(eager), strict=True):
+        assert s.keys() == t.keys() and s["step"].dtype == t["step"].dtype
+        assert float(s["step"]) == float(t["step"]) == 3.0
+        torch.testing.assert_close(s["exp_avg"], t["exp_avg"], rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(s["exp_avg_sq"], t["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+
+
+def test_the_whole_steps_update_is_torchs_adam_in_float64(tmp_path):
+    """The whole step's gradient and update (its function run uncompiled, in float64) are
+    torch.optim.Adam's (the per-tensor reference implementation) on autograd's gradient of the
+    same surrogate with the same noise, over three steps: parameters and moments to 1e-9
+    relative."""
+    import copy
+
+    from dgm.train.loop import _Objective
+    from dgm.train.optim import FusedAdam
+    from dgm.train.step import CompiledStep
+
+    trainer = Trainer(small_config(), tmp_path / "run")
+    objective = _Objective(trainer.model, trainer.posterior, trainer.estimator).double()
+    reference = copy.deepcopy(objective)
+    hyper = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6}
+    optimizer = FusedAdam(objective.parameters(), **hyper)
+    ref_optimizer = torch.optim.Adam(reference.parameters(), foreach=False, **hyper)
+    step = CompiledStep(objective, list(objective.parameters()), optimizer, compile=False)
+    x, index = trainer.data.x_train[:60].double(), torch.arange(20)
+    start = [p.detach().clone() for p in objective.parameters()]
+    for i in range(3):
+        torch.manual_seed(i)
+        bound, *_ = step(x[20 * i : 20 * i + 20], index, 1.0)
+        torch.manual_seed(i)
+        ref_bound, surrogate, *_ = reference(x[20 * i : 20 * i + 20], index, 1.0)
+        ref_optimizer.zero_grad()
+        (-surrogate.mean()).backward()
+        ref_optimizer.step()
+        torch.testing.assert_close(bound, ref_bound.detach(), rtol=1e-12, atol=1e-10)
+    for p, q, p0 in zip(objective.parameters(), reference.parameters(), start, strict=True):
+        assert (q - p0).abs().max() > 1e-3  # every tensor moved: the comparison is not empty
+        torch.testing.assert_close(p - p0, q - p0, rtol=1e-9, atol=1e-12)
+        s, t = optimizer.state[p], ref_optimizer.state[q]
+        assert float(s["step"]) == float(t["step"]) == 3.0
+        torch.testing.assert_close(s["exp_avg"], t["exp_avg"], rtol=1e-9, atol=1e-15)
+        torch.testing.assert_close(s["exp_avg_sq"], t["exp_avg_sq"], rtol=1e-9, atol=1e-18)
+
+
+def test_the_whole_step_skips_a_non_finite_update_on_the_device(tmp_path):
+    """A NaN in the batch makes the loss non-finite: the (uncompiled, same function) whole step
+    leaves parameters, moments and counters as they were, and the trainer records the skipped
+    step and the term at fault, as the eager path does; the next good step goes on."""
+    from dgm.train.step import CompiledStep
+
+    trainer = Trainer(small_config(**{"train.compile": True}), tmp_path / "run")
+    trainer._whole_step = CompiledStep(
+        trainer._forward, trainer._global_params, trainer.optimizer, compile=False
+    )
+    x = trainer.data.x_train[:20].clone()
+    assert trainer.train_step(x, torch.arange(20)) is not None
+    before = [p.detach().clone() for p in trainer._global_params]
+    moments = [s["exp_avg_sq"].clone() for s in _adam_state(trainer)]
+    x[3, 5] = float("nan")
+    assert trainer.train_step(x, torch.arange(20)) is None
+    assert trainer.bad_steps == 1 and trainer.last_fault == (
+        1,
+        "expected log-likelihood E_q[log p(x|z)]",
+    )
+    for p, q in zip(trainer._global_params, before, strict=True):
+        assert torch.equal(p, q)
+    for s, m in zip(_adam_state(trainer), moments, strict=True):
+        assert torch.equal(s["exp_avg_sq"], m) and float(s["step"]) == 1.0
+    x[3, 5] = 0.0
+    assert trainer.train_step(x, torch.arange(20)) is not None and trainer.bad_steps == 0
+    assert float(_adam_state(trainer)[0]["step"]) == 2.0
 
 
 def test_a_generator_state_from_another_device_type_seeds_the_generator_reproducibly():

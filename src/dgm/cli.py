@@ -63,7 +63,11 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "k": ("objective.k", int, "samples of z per example in the training bound"),
     "device": ("train.device", str, "auto, cpu, cuda, cuda:N"),
     "precision": ("train.precision", str, "float32, or bfloat16 for the training step's networks"),
-    "compile": ("train.compile", None, "torch.compile the training step's forward and backward"),
+    "compile": (
+        "train.compile",
+        None,
+        "torch.compile the training step (forward, gradient and check as one graph)",
+    ),
     "train_limit": ("data.train_limit", int, "use only the first N training examples"),
     "test_limit": ("data.test_limit", int, "use only the first N test examples"),
 }

@@ -202,8 +202,10 @@ class TrainConfig(_Section):
     # bfloat16: the training step's networks run under torch.autocast (matrix products in
     # bfloat16, everything else and all evaluation in float32); see README for its measured effect
     precision: Literal["float32", "bfloat16"] = "float32"
-    # torch.compile of the training forward (estimator, model, encoder) and so of its backward;
-    # off by default: on the 2-core CPU of README it is faster at batch 20 only (see README)
+    # torch.compile of the training step: forward, gradient (torch.func) and non-finite check as
+    # one graph before the fused Adam kernel, where dgm.train.step supports it (one process,
+    # amortized, float32, a pathwise estimator), else the forward and so its backward; off by
+    # default (it compiles for 10-30 s first); measured in README's "Speed"
     compile: bool = False
 
     @model_validator(mode="after")

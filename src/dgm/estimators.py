@@ -54,6 +54,13 @@ class Estimator(nn.Module):
 Bound = Literal["elbo", "iwae"]
 
 
+def annealing(kl_weight: float | torch.Tensor) -> bool:
+    """Whether the KL weight (beta) may differ from 1. A () tensor always may: the compiled
+    whole step (dgm.train.step) passes beta as one during KL warm-up, so that one graph serves
+    every value of it, and its value must not be branched on there."""
+    return isinstance(kl_weight, torch.Tensor) or kl_weight != 1.0
+
+
 def rsample_and_log_prob(q: Distribution, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K reparameterized draws z (K, B, d) and log q(z | x) (K, B), in one pass for a flow."""
     if hasattr(q, "rsample_and_log_prob"):
@@ -173,7 +180,7 @@ class Reparameterized(Estimator):
             return self._elbo(model, q, log_lik, -log_ratio.mean(0), kl_weight)
         bound = iwae(log_lik + log_ratio)  # (B,)
         surrogate = bound
-        if kl_weight != 1.0:
+        if annealing(kl_weight):
             annealed = iwae(log_lik + kl_weight * log_ratio)
             surrogate = bound.detach() + (annealed - annealed.detach())
         return Estimate(bound, surrogate, log_lik.mean(0), -log_ratio.mean(0))
@@ -188,7 +195,7 @@ class Reparameterized(Estimator):
     ) -> Estimate:
         bound = elbo(log_lik) - kl  # for kl="mc" this is elbo(log_w)
         surrogate = bound
-        if kl_weight != 1.0 or self.free_bits > 0:
+        if annealing(kl_weight) or self.free_bits > 0:
             kl_term = kl
             if self.free_bits > 0:
                 kl_term = free_bits_kl(q, model.prior(), kl, self.free_bits)

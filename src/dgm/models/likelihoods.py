@@ -92,9 +92,14 @@ class _BernoulliLogProb(torch.autograd.Function):
     1.18 s with 1 thread (medians of 3)."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        ctx.save_for_backward(h, x)
+    def forward(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return _softplus_form(h, x)  # (...,)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:  # noqa: ANN001
+        # forward and setup_context apart: torch.func's transforms (the whole compiled step's
+        # grad_and_value, dgm.train.step) accept only this form
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN001

@@ -50,6 +50,8 @@ from dgm.train.checkpoint import (
 )
 from dgm.train.distributed import from_environment
 from dgm.train.optim import FusedAdam, nonfinite_gradients
+from dgm.train.step import CompiledStep
+from dgm.train.step import supports as whole_step_supported
 from dgm.variational.local import gather_rows, shard_rows
 
 
@@ -226,9 +228,22 @@ class Trainer:
             torch.manual_seed(rank_seed)
             self.ddp = _data_parallel(objective, self.device)  # tables: each rank's own rows
         forward = self.ddp if self.ddp is not None else objective
-        # train.compile: torch.compile of the training forward (and so of its backward); the
+        # train.compile: the whole step (forward, gradient, check, Adam) as one compiled graph
+        # where dgm.train.step supports it (one process, amortized, float32, a pathwise
+        # estimator), else torch.compile of the training forward (and so of its backward); the
         # modules themselves stay uncompiled, so checkpoints and evaluation are unchanged
-        self._forward = torch.compile(forward) if tc.compile else forward
+        self._whole_step: CompiledStep | None = None
+        if (
+            tc.compile
+            and not self.dist.enabled
+            and not self.local
+            and not self.bfloat16
+            and whole_step_supported(self.estimator, self.optimizer)
+        ):
+            self._whole_step = CompiledStep(objective, global_params, self.optimizer)
+        self._forward = (
+            torch.compile(forward) if tc.compile and self._whole_step is None else forward
+        )
         self.batches = TensorBatches(
             self.data.x_train,
             batch_size=tc.batch_size,
@@ -371,6 +386,16 @@ class Trainer:
 
         A non-finite loss or gradient skips the update (returns None) and is recorded in
         ``bad_steps`` (consecutive) and ``last_fault`` (the step and the term at fault)."""
+        if self._whole_step is not None:  # updated (or skipped) inside the compiled step
+            est, loss, bad = self._compiled_step(x, index)
+            if bool(bad):
+                self.bad_steps += 1
+                self.last_fault = (self.step, _fault_term(est, loss))
+                self.step += 1
+                return None
+            self.bad_steps = 0
+            self.step += 1
+            return est
         est, loss, bad = self._gradient(x, index)
         fault = None if not bool(bad) else self._fault(est, loss)
         if self.dist.any(fault is not None) and fault is None:  # another rank's fault: skip too
@@ -389,6 +414,14 @@ class Trainer:
             self.local_optimizer.step()
         self.step += 1
         return est
+
+    def _compiled_step(
+        self, x: torch.Tensor, index: torch.Tensor
+    ) -> tuple[Estimate, torch.Tensor, torch.Tensor]:
+        """The whole step compiled (dgm.train.step): the estimate (its surrogate is the bound,
+        detached), the loss and the () float32 flag, 1.0 if the update was skipped."""
+        bound, log_lik, kl, loss, bad = self._whole_step(x, index, self.kl_weight(self.step))
+        return Estimate(bound, bound, log_lik, kl), loss, bad
 
     def _gradient(
         self, x: torch.Tensor, index: torch.Tensor
@@ -434,11 +467,15 @@ class Trainer:
 
     def _launch_step(self, x: torch.Tensor, index: torch.Tensor) -> _Launched:
         """One step whose update the device skips by itself if it is not finite."""
-        est, loss, bad = self._gradient(x, index)
-        local = bad.clone()  # this rank's own flag, for the message
-        if self.dist.enabled:  # every rank skips alike, without the host reading the flag
-            self.dist.all_reduce_max(bad)
-        self.optimizer.step(found_inf=bad)
+        if self._whole_step is not None:  # one process: the compiled step skips by itself
+            est, loss, bad = self._compiled_step(x, index)
+            local = bad
+        else:
+            est, loss, bad = self._gradient(x, index)
+            local = bad.clone()  # this rank's own flag, for the message
+            if self.dist.enabled:  # every rank skips alike, without the host reading the flag
+                self.dist.all_reduce_max(bad)
+            self.optimizer.step(found_inf=bad)
         flags = torch.empty(2, pin_memory=self.device.type == "cuda")
         flags.copy_(torch.stack([bad, local]), non_blocking=True)
         event = None

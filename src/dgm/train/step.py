@@ -1,0 +1,90 @@
+r"""The training step's forward, gradient and non-finite check as one compiled graph.
+
+``train.compile`` used to compile the training forward only (``torch.compile`` of the
+objective, with AOTAutograd's backward): autograd's engine ran that backward and the check
+for non-finite gradients was a pass of its own. :class:`CompiledStep` compiles
+
+    (grads, loss) = grad_and_value(-mean surrogate)(params)     (``torch.func``)
+    bad = loss or any gradient not finite
+
+as one function, so that inductor fuses the elementwise work of the forward, the backward and
+the check around the matrix products, with no autograd engine at run time. The update stays
+torch's fused Adam kernel (:class:`dgm.train.optim.FusedAdam`), given ``bad`` as its
+``found_inf``: a non-finite step is skipped on the device, with parameters, moments and step
+counters left as they were, and the optimizer's state is the one ``torch.optim.Adam`` saves
+whichever path trained. (Adam written into the graph too was slower: inductor's loops over the
+moments took about three times the fused kernel's 0.28 ms at batch 20.)
+
+It applies to pathwise estimators (reparameterized, STL, DReG) on amortized posteriors, in
+float32, in one process: :func:`supports` says when; elsewhere ``train.compile`` compiles the
+forward only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad_and_value
+
+from dgm.estimators import DReG, Reparameterized, StickingTheLanding
+from dgm.train.optim import FusedAdam
+
+#: estimators without state of their own (a score estimator's baselines update buffers)
+PATHWISE = (Reparameterized, StickingTheLanding, DReG)
+
+
+def supports(estimator: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the step can be compiled whole: a pathwise estimator, and dgm's fused Adam (its
+    step takes the device-side flag ``found_inf``)."""
+    return isinstance(estimator, PATHWISE) and isinstance(optimizer, FusedAdam)
+
+
+class CompiledStep:
+    """``step(x, index, kl_weight) -> (bound, log_lik, kl, loss, bad)``: one training step of
+    ``objective`` (the trainer's ``_Objective``: returns bound, surrogate, log_lik, kl) that
+    updates ``params`` with ``optimizer`` (a :class:`FusedAdam`) unless the loss or a gradient
+    is not finite. ``bad`` is a () float32 tensor, 1.0 when the update was skipped."""
+
+    def __init__(
+        self,
+        objective: torch.nn.Module,
+        params: list[torch.nn.Parameter],
+        optimizer: FusedAdam,
+        compile: bool = True,  # noqa: A002 (False: the same function eager, for tests)
+    ) -> None:
+        names = {id(p): name for name, p in objective.named_parameters()}
+        missing = [p for p in params if id(p) not in names]
+        if missing:
+            raise ValueError(f"{len(missing)} parameter(s) to update are not the objective's")
+        self.objective = objective
+        self.params = list(params)
+        self.names = [names[id(p)] for p in self.params]
+        self.optimizer = optimizer
+        # static shapes: a graph per batch size (the epoch's last, smaller batch has its own), not
+        # one dynamic graph that automatic dynamic shapes would put first in the cache for all
+        self._fn = torch.compile(self._gradient, dynamic=False) if compile else self._gradient
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, kl_weight: float):
+        # KL warm-up: beta as a tensor, one graph for all its values (a float would be a
+        # constant of the graph, a recompilation for each); 1.0 stays a float (no annealing)
+        if kl_weight != 1.0:
+            kl_weight = torch.tensor(kl_weight, dtype=x.dtype, device=x.device)
+        # detached aliases: the gradient is torch.func's, outside autograd's graph
+        params = tuple(p.detach() for p in self.params)
+        bound, log_lik, kl, loss, bad, grads = self._fn(x, index, kl_weight, params)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
+        self.optimizer.step(found_inf=bad)  # skipped on the device where bad is 1.0
+        return bound, log_lik, kl, loss, bad
+
+    def _gradient(self, x, index, kl_weight, params):  # noqa: ANN001
+        def loss_of(values):
+            bound, surrogate, log_lik, kl = functional_call(
+                self.objective, dict(zip(self.names, values, strict=True)), (x, index, kl_weight)
+            )
+            return -surrogate.mean(), (bound, log_lik, kl)
+
+        grads, (loss, (bound, log_lik, kl)) = grad_and_value(loss_of, has_aux=True)(params)
+        bad = torch.isfinite(loss).logical_not()
+        for g in grads:
+            bad = bad | torch.isfinite(g).all().logical_not()
+        return bound, log_lik, kl, loss.detach(), bad.float(), grads
