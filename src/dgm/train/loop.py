@@ -228,8 +228,8 @@ class Trainer:
             torch.manual_seed(rank_seed)
             self.ddp = _data_parallel(objective, self.device)  # tables: each rank's own rows
         forward = self.ddp if self.ddp is not None else objective
-        # train.compile: the whole step (forward, gradient, check, Adam) as one compiled graph
-        # where dgm.train.step supports it (one process, amortized, float32, a pathwise
+        # train.compile: forward, gradient and check as one compiled graph, then the fused Adam
+        # kernel, where dgm.train.step supports it (one process, amortized, float32, a pathwise
         # estimator), else torch.compile of the training forward (and so of its backward); the
         # modules themselves stay uncompiled, so checkpoints and evaluation are unchanged
         self._whole_step: CompiledStep | None = None
@@ -389,6 +389,7 @@ class Trainer:
         if self._whole_step is not None:  # updated (or skipped) inside the compiled step
             est, loss, bad = self._compiled_step(x, index)
             if bool(bad):
+                self.optimizer.zero_grad(set_to_none=True)  # as the eager path leaves them
                 self.bad_steps += 1
                 self.last_fault = (self.step, _fault_term(est, loss))
                 self.step += 1
