@@ -397,15 +397,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     floor = statistics.median(floors)
     ref = args.reference
-    dgm = statistics.median(times[ref])
+    ref_ips = statistics.median(times[ref])
     results = {}
     for name, (_, test) in systems.items():
         ips = statistics.median(times[name])
         # the machine's speed drifts between rounds (by 30% here): within a round the systems
         # ran back to back, so the median of the per-round ratios cancels the drift
         paired = [t / d for t, d in zip(times[name], times[ref], strict=True)]
-        # dgm's speed relative to this system, round by round: the middle half of the rounds
-        # says whether a ratio near 1.1 is settled by this run or is within its noise
+        # the reference's speed relative to this system, round by round: the middle half of
+        # the rounds says whether a ratio near 1.1 is settled by this run or is within its noise
         speedups = sorted(1 / p for p in paired)
         # inclusive: the quartiles stay within the rounds' range however few they are
         q1, q3 = (
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results[name] = {
             "images_per_s": ips,
-            "ratio_to_dgm": ips / dgm,
+            "ratio_to_dgm": ips / ref_ips,
             "paired_ratio_to_dgm": statistics.median(paired),
             "paired_speedup_quartiles": [q1, q3],
             "fraction_of_floor": ips / floor,

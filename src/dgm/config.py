@@ -205,7 +205,7 @@ class TrainConfig(_Section):
     # torch.compile of the training step: forward, gradient (torch.func) and non-finite check as
     # one graph before the fused Adam kernel, where dgm.train.step supports it (one process,
     # amortized, float32, a pathwise estimator), else the forward and so its backward; off by
-    # default (it compiles for 10-30 s first); measured in README's "Speed"
+    # default (it compiles for 8-30 s first); measured in README's "Speed"
     compile: bool = False
 
     @model_validator(mode="after")
