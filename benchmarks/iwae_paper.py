@@ -9,11 +9,14 @@
 ROW names a config in configs/iwae/. Both schedules are the paper's stairs (lr 1e-3 * 10^(-i/7)
 for a share 3^i / 3280 of the epochs, i = 0..7, see dgm.train.loop.iwae_stage): ``full`` runs its
 3,280 epochs, ``short`` the row's SHORT_EPOCHS, chosen so that training takes about two hours on
-this 2-core CPU. The run lives in OUT/ROW-SCHEDULE, a normal dgm run directory: run the same
-command again after an interruption (Ctrl-C or SIGTERM stop it after the current epoch) and it
-continues from the last checkpoint. When training is done the test set is evaluated with k = 5000
-importance samples (Burda et al. eq. 8), and OUT/ROW-SCHEDULE/result.json gets the number, the
-paper's, the schedule, the wall times and the machine.
+this 2-core CPU. The run lives in a normal dgm run directory: run the same command again after an
+interruption (Ctrl-C or SIGTERM stop it after the current epoch) and it continues from the last
+checkpoint. A full-schedule run is a reference run and lives in the repository, in
+results/iwae/ROW/ (config.json, metrics.jsonl and only the latest checkpoint, a few MB of
+safetensors and JSON), so that it can be committed and continued on another machine; other
+schedules live in OUT/ROW-SCHEDULE. When training is done the test set is evaluated with k = 5000
+importance samples (Burda et al. eq. 8), and the run's result.json gets the number, the paper's,
+the schedule, the wall times and the machine.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from dgm.evaluate import active_units, importance_log_likelihood
 from dgm.train.files import atomic_write_text
 from dgm.train.run import load_trained, train_or_resume
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "iwae"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs" / "iwae"
+#: reference runs (the full schedule), kept in the repository so that they outlive a machine
+RESULTS = ROOT / "results" / "iwae"
 
 #: Burda et al. (2015), Table 1, MNIST test log-likelihood (nats), k = 5000
 PAPER = {
@@ -112,13 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-k", type=int, default=5000)
     parser.add_argument("--train-limit", type=int)
     parser.add_argument("--test-limit", type=int)
-    parser.add_argument("--out", type=Path, default=Path("runs/iwae"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="parent of the run directory (default runs/iwae; the full schedule's reference run "
+        "lives in results/iwae/ROW unless --out is given)",
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
         help="train.compile (faster at batch 20 here); may be switched on or off on resume",
     )
     args = parser.parse_args(argv)
+    args.out_given = args.out is not None
+    args.out = args.out or Path("runs/iwae")
     if args.list or not args.row:
         for row, value in PAPER.items():
             print(f"{row:<12} paper {value:.2f}  short schedule {SHORT_EPOCHS[row]} epochs")
@@ -129,14 +142,17 @@ def main(argv: list[str] | None = None) -> int:
 
     epochs = args.epochs or (3280 if args.schedule == "full" else SHORT_EPOCHS[args.row])
     schedule = "full" if epochs == 3280 else f"{epochs} epochs"
+    reference = epochs == 3280 and not (args.train_limit or args.test_limit or args.out_given)
     overrides: dict = {"train.epochs": epochs, "train.compile": args.compile}
+    if reference:
+        overrides["train.keep_checkpoints"] = 1  # only the latest goes into the repository
     if args.train_limit:
         overrides["data.train_limit"] = args.train_limit
     if args.test_limit:
         overrides["data.test_limit"] = args.test_limit
     config = load_config(CONFIGS / f"{args.row}.toml", overrides)
     name = args.schedule if not args.epochs else f"e{epochs}"
-    run_dir = args.out / f"{args.row}-{name}"
+    run_dir = RESULTS / args.row if reference else args.out / f"{args.row}-{name}"
     print(f"{args.row}: {schedule} in {run_dir} ({machine()})", flush=True)
 
     def show(m: dict) -> None:
