@@ -26,7 +26,7 @@ import torch
 
 from dgm.config import load_config
 from dgm.evaluate import importance_log_likelihood, mean_stderr
-from dgm.train.files import atomic_write_text
+from dgm.files import atomic_write_text
 from dgm.train.run import load_trained, read_metrics, train_or_resume
 
 SYSTEMS = ["gaussian", "planar:16", "radial:16", "iaf:4", "sylvester:4"]

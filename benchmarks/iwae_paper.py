@@ -34,7 +34,7 @@ import torch
 
 from dgm.config import load_config
 from dgm.evaluate import active_units, importance_log_likelihood
-from dgm.train.files import atomic_write_text
+from dgm.files import atomic_write_text
 from dgm.train.run import load_trained, train_or_resume
 
 ROOT = Path(__file__).resolve().parent.parent

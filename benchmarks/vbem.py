@@ -28,9 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from dgm.config import load_config, load_run_config  # noqa: E402
+from dgm.files import atomic_write_text  # noqa: E402
 from dgm.plots import save_figure  # noqa: E402
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
-from dgm.train.files import atomic_write_text  # noqa: E402
 from dgm.train.run import prepare_new_run, read_metrics, train_run  # noqa: E402
 
 SYSTEMS: dict[str, dict[str, object]] = {

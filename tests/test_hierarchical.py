@@ -121,7 +121,7 @@ def test_stl_and_dreg_are_unbiased_through_both_layers(two_layer, estimator, ref
     """The stopped-parameter density keeps z1's path into q(z2 | z1): STL's and DReG's mean
     gradients in both layers' encoder parameters equal the plain pathwise gradients of their
     bounds (40 groups of 500 estimates each, within 4 standard errors of the difference)."""
-    from dgm.estimators import stop_parameters
+    from dgm.distributions import stop_parameters
 
     model, q_module = two_layer
     params = list(q_module.parameters())

@@ -8,6 +8,7 @@ from torch.distributions import Bernoulli, Independent, Laplace, Normal, kl_dive
 
 from dgm.build import build_model, build_posterior
 from dgm.config import Config, ModelConfig
+from dgm.distributions import kl_to_prior, normal_kl
 from dgm.models import (
     BernoulliLikelihood,
     GaussianLikelihood,
@@ -15,7 +16,6 @@ from dgm.models import (
     StandardNormalPrior,
 )
 from dgm.models.likelihoods import _broadcasts_to
-from dgm.models.prior import kl_to_prior, normal_kl
 from dgm.nn import MLP, Tanh
 from dgm.variational import PointMass
 
@@ -261,7 +261,7 @@ def test_kl_to_the_standard_normal_prior_is_torchs_in_value_and_gradient(prior_b
     - log sigma is torch's Normal-Normal KL summed over the event, in value and gradient (to mu
     and to log sigma), both through ``kl_divergence`` and ``kl_to_prior``, and it is the closed
     form that ran; a q that is not a diagonal Gaussian still goes to torch's formula."""
-    import dgm.models.prior as prior_module
+    import dgm.distributions.standard_normal as prior_module
 
     torch.manual_seed(0)
     loc = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)

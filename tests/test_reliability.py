@@ -344,7 +344,7 @@ SMALL_ARGS = ["--train-limit", "200", "--test-limit", "50", "--device", "cpu", "
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from dgm.train.files import run_lock
+from dgm.files import run_lock
 with run_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
@@ -360,7 +360,7 @@ def test_two_processes_never_train_one_run(tmp_path, capsys):
 
     from dgm.cli import main
     from dgm.errors import UsageError
-    from dgm.train.files import run_lock
+    from dgm.files import run_lock
     from dgm.train.run import prepare_new_run, train_run
 
     run_dir = tmp_path / "run"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Independent, Normal
 
-from dgm.estimators import sample_and_log_prob
+from dgm.distributions import sample_and_log_prob
 
 
 def test_diagonal_gaussian_draws_and_log_density_are_torchs():

@@ -115,8 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from dgm.config import RUNTIME_KEYS, load_config
+    from dgm.files import run_lock
     from dgm.train import Trainer
-    from dgm.train.files import run_lock
     from dgm.train.run import (
         check_new_run,
         default_run_dir,
@@ -270,7 +270,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from dgm.evaluate import active_units, importance_log_likelihood
-    from dgm.train.files import atomic_write_text
+    from dgm.files import atomic_write_text
     from dgm.train.run import load_trained
 
     if args.k < 1:
@@ -376,9 +376,9 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
     from dgm.build import build_baseline
     from dgm.data import binarize_fixed, dequantize_fixed
     from dgm.estimators import ScoreFunction
+    from dgm.files import atomic_write_text
     from dgm.gradvar import compare_estimators, warm_up_baseline
     from dgm.plots import save_gradvar
-    from dgm.train.files import atomic_write_text
 
     try:
         ks = [int(v) for v in args.k.split(",") if v.strip()]
@@ -464,8 +464,8 @@ def cmd_gap(args: argparse.Namespace) -> int:
     import torch
 
     from dgm.evaluate import inference_gaps
+    from dgm.files import atomic_write_text
     from dgm.plots import save_gap
-    from dgm.train.files import atomic_write_text
     from dgm.train.run import load_trained
 
     if args.k < 1 or args.steps < 1 or args.elbo_samples < 1 or not args.lr > 0:

@@ -381,7 +381,7 @@ def load_config(
 
 
 def save_config(config: Config, path: Path) -> None:
-    from dgm.train.files import atomic_write_text
+    from dgm.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
 

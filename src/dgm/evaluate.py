@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from dgm.estimators import sample_and_log_prob
+from dgm.distributions import sample_and_log_prob
 from dgm.models import DeepLatentModel
 
 #: default number of (sample, example) pairs pushed through the networks at once: a chunk's

@@ -46,13 +46,13 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 
 def save_image(img: Image.Image, path: Path) -> None:
-    from dgm.train.files import atomic_write_bytes  # here: dgm.train imports this module
+    from dgm.files import atomic_write_bytes  # here: dgm.train imports this module
 
     atomic_write_bytes(Path(path), _png_bytes(img))
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    from dgm.train.files import atomic_write_bytes  # here: dgm.train imports this module
+    from dgm.files import atomic_write_bytes  # here: dgm.train imports this module
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")

@@ -14,6 +14,8 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.func import functional_call
 
+from dgm.distributions import stop_parameters
+
 _EMPTY = torch.Size()
 
 
@@ -119,8 +121,6 @@ class GaussianChain(Distribution):
         return log_p
 
     def stop_parameters(self) -> GaussianChain:
-        """The chain with every factor's parameters detached (see estimators.stop_parameters)."""
-        from dgm.estimators import stop_parameters
-
+        """The chain with every factor's parameters detached (see ``stop_parameters``)."""
         stopped = [_StoppedParameters(c) for c in self.conditionals]
         return GaussianChain(stop_parameters(self.first), stopped, self.sizes, self.reverse)

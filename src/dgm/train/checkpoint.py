@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dgm.errors import CheckpointError
-from dgm.train.files import fsync_dir
+from dgm.files import fsync_dir
 
 FORMAT = 1
 TENSORS = "tensors.safetensors"

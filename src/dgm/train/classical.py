@@ -27,9 +27,9 @@ from dgm.config import Config
 from dgm.data import dequantize_fixed
 from dgm.errors import CheckpointError, ConfigError
 from dgm.evaluate import mean_stderr
+from dgm.files import atomic_write, atomic_write_text
 from dgm.models import PPCA, GaussianMixture
 from dgm.plots import save_grid
-from dgm.train.files import atomic_write, atomic_write_text
 from dgm.train.loop import Data, load_data, resolve_device
 
 WEIGHTS = "model.safetensors"

@@ -31,9 +31,9 @@ from dgm.config import (
 )
 from dgm.errors import UsageError
 from dgm.evaluate import posterior_mean
+from dgm.files import atomic_write_text, run_lock
 from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint
-from dgm.train.files import atomic_write_text, run_lock
 from dgm.train.loop import Trainer
 
 CONFIG = "config.json"
