@@ -15,7 +15,6 @@ from dgm.models import (
     LearnedGaussianLikelihood,
     StandardNormalPrior,
 )
-from dgm.models.likelihoods import _broadcasts_to
 from dgm.nn import MLP, Tanh
 from dgm.variational import PointMass
 
@@ -64,18 +63,6 @@ def test_fused_bernoulli_log_prob_and_gradients_are_torchs(x_shape):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     with torch.inference_mode():  # the evaluation path
         torch.testing.assert_close(BernoulliLikelihood()(h).log_prob(x), ref.detach())
-
-
-def test_broadcasts_to_is_torchs_broadcast_rule():
-    """The backward's shape check agrees with torch.broadcast_shapes on every pair."""
-    shapes = [(), (1,), (3,), (2, 3), (1, 3), (2, 1), (4, 2, 3), (4, 1, 1), (1, 2, 3), (5,)]
-    for a in shapes:
-        for b in shapes:
-            try:
-                expected = torch.broadcast_shapes(b, a) == torch.Size(b)
-            except RuntimeError:
-                expected = False
-            assert _broadcasts_to(torch.Size(a), torch.Size(b)) == expected, (a, b)
 
 
 @pytest.mark.parametrize("d", [1, 2, 37, 112, 784, 3072])

@@ -7,23 +7,25 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+import dgm.kernels as kernels
+
+
+def _evaluating() -> bool:
+    """Whether to take the evaluation kernels of ``dgm.kernels``: under ``torch.inference_mode``
+    and not while torch.compile traces (it traces training only: no graph break on the query)."""
+    return not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+
 
 class Tanh(nn.Tanh):
-    r"""tanh; under ``torch.inference_mode`` (evaluation) computed as 2 sigmoid(2 a) - 1.
+    r"""tanh(a) = (e^a - e^-a) / (e^a + e^-a), elementwise, any shape: ``torch.tanh``.
 
-    torch's CPU tanh costs about 1.3 ns per element with 2 threads, 3.6 times as long as this
-    form; in importance-sampled evaluation (k * n decoder passes) it took about a quarter of the
-    matrix products' time. The identity is exact; in float32 the two differ by at most 2.4e-7
-    (absolute, tested).
-    Elsewhere (training, ``no_grad`` code such as initializing per-datapoint tables from the
-    encoder) it is ``torch.tanh``, so those paths agree bit for bit.
+    Under ``torch.inference_mode`` (evaluation) it is computed by
+    :func:`dgm.kernels.tanh_as_sigmoid`, the same function to float32 rounding (tested);
+    elsewhere (training, ``no_grad``) it is ``torch.tanh`` bit for bit.
     """
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        # torch.compile traces training only: no graph break on the inference-mode query
-        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
-            return torch.tanh(a)
-        return torch.sigmoid(2.0 * a).mul_(2.0).sub_(1.0)
+        return kernels.tanh_as_sigmoid(a) if _evaluating() else torch.tanh(a)
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -42,7 +44,8 @@ class MLP(nn.Sequential):
     Every hidden layer is ``Linear`` followed by the activation; the output layer is linear.
     The output has the input's dtype: under ``torch.autocast`` (``train.precision =
     "bfloat16"``) the layers compute in bfloat16 and the distributions built from the output
-    stay in float32.
+    stay in float32. Under ``torch.inference_mode`` a tanh MLP is evaluated by
+    :func:`dgm.kernels.tanh_mlp_sigmoid_form`, the same function (tested).
 
     >>> MLP(784, [200, 200], 100)(torch.zeros(3, 784)).shape
     torch.Size([3, 100])
@@ -65,35 +68,19 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Act on the last dimension; leading ones pass through: (..., in) -> (..., out)."""
-        if (
-            not torch.compiler.is_compiling()
-            and torch.is_inference_mode_enabled()
-            and len(self) > 1
-            and isinstance(self[1], Tanh)
-            and not torch.is_autocast_enabled(x.device.type)
-        ):
-            return self._sigmoid_form(x)
+        if self._runs_sigmoid_form(x):  # evaluation: the same function, computed faster
+            return kernels.tanh_mlp_sigmoid_form(list(self)[0::2], x)
         out = super().forward(x)
         return out if out.dtype == x.dtype or not x.is_floating_point() else out.to(x.dtype)
 
-    def _sigmoid_form(self, x: torch.Tensor) -> torch.Tensor:
-        r"""A tanh MLP evaluated as a sigmoid one (evaluation: ``torch.inference_mode``).
-
-        With tanh(a) = 2 sigmoid(2a) - 1, each hidden layer keeps s = sigmoid(2a) and the next
-        layer takes W (2s - 1) + b = (2W) s + (b - W 1): the 2 and the -1 go into the weights
-        (a few operations on the weights per call) instead of three passes over every hidden
-        activation; in importance-sampled evaluation those passes cost about 3% of the time.
-        """
-        linears = list(self)[0::2]
-        s = x
-        for i, layer in enumerate(linears):
-            w, b = layer.weight, layer.bias
-            if i > 0:  # the input is s = (h + 1) / 2 of the previous layer's h = tanh(a)
-                w, b = 2.0 * w, b - w.sum(1)
-            if i == len(linears) - 1:
-                return torch.nn.functional.linear(s, w, b)
-            s = torch.sigmoid_(torch.nn.functional.linear(s, 2.0 * w, 2.0 * b))
-        raise AssertionError("unreachable: an MLP ends with a Linear")
+    def _runs_sigmoid_form(self, x: torch.Tensor) -> bool:
+        """A tanh MLP under ``torch.inference_mode``, not under autocast."""
+        return (
+            _evaluating()
+            and len(self) > 1
+            and isinstance(self[1], Tanh)
+            and not torch.is_autocast_enabled(x.device.type)
+        )
 
 
 class MaskedLinear(nn.Linear):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+import dgm.kernels as kernels
 from dgm.precision import autocast_off
 
 
@@ -30,119 +31,31 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
-#: at most this many factors sigma(|h|) >= 1/2 go into one product: >= 2^-112, still a normal
-#: float32 (>= 2^-126)
-_MAX_FACTORS = 112
-#: logits below this many elements take the softplus form (the product form's dozen operations
-#: cost about 5 us each in overhead, which its 1-1.5 ns per element saves back from here on)
-_PRODUCT_FORM_MIN = 1 << 16
-
-
-def _softplus_form(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum_d x_d h_d - softplus(h_d) as written: (..., D) -> (...,)."""
-    return torch.linalg.vecdot(x, h) - F.softplus(h).sum(-1)
-
-
-def _bernoulli_log_mass(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    r"""sum_d x_d h_d - softplus(h_d) over the last dimension: (..., D) -> (...,), for
-    evaluation (no autograd; training uses :class:`_BernoulliLogProb`).
-
-    softplus(h) = relu(h) - log sigmoid(|h|), and sum_d relu(h_d) = (sum_d h_d + |h_d|) / 2, so
-
-        log p(x | h) = x . h - (sum_d h_d + |h_d|) / 2 + log prod_d sigmoid(|h_d|)
-
-    with one logarithm per product of up to 112 factors in [1/2, 1] (no underflow) instead of
-    one per pixel. Each product runs over contiguous pixels (the innermost dimension), which
-    torch's reduction vectorizes: 0.12 ns per element against 0.41 for a tree of pairwise
-    products over halves (1 thread). On this CPU torch's softplus costs 1.6 ns per element (an
-    exp, 0.8, and a log1p, 0.9; a sigmoid 0.4) and the whole log-mass 1.8 ns in the softplus
-    form, about 0.9 ns in this one (measured on 10 x 100 x 784 logits); the value agrees with
-    the softplus form to float32 rounding (tested against float64). Small inputs (a training
-    batch of 20) keep the softplus form, which is fewer operations.
-    """
-    if h.numel() < _PRODUCT_FORM_MIN:  # a dozen operations' overhead would cost more
-        return _softplus_form(h, x)
-    a = h.abs()
-    # x . h - sum_d relu(h_d) = (x - 1/2) . h - sum_d |h_d| / 2
-    linear = torch.linalg.vecdot(x - 0.5, h) - a.sum(-1).mul_(0.5)
-    p = torch.sigmoid_(a)  # in [1/2, 1]
-    d = p.shape[-1]
-    whole = d - d % _MAX_FACTORS  # pixels in whole groups of _MAX_FACTORS
-    log_prod = linear.new_zeros(())
-    if whole:
-        groups = p[..., :whole].unflatten(-1, (whole // _MAX_FACTORS, _MAX_FACTORS))
-        log_prod = groups.prod(-1).log_().sum(-1)
-    if whole < d:  # the last, shorter group
-        log_prod = log_prod + p[..., whole:].prod(-1).log_()
-    return linear + log_prod
-
-
-def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
-    """Whether ``shape`` broadcasts to ``target`` unchanged: ``torch.broadcast_shapes(target,
-    shape) == target``, without its 47 us (a Python reference implementation) per call."""
-    return len(shape) <= len(target) and all(
-        a == 1 or a == b for a, b in zip(reversed(shape), reversed(target), strict=False)
-    )
-
-
-class _BernoulliLogProb(torch.autograd.Function):
-    """:func:`_softplus_form` with the gradient (x - sigmoid(h)) g written out. Training keeps
-    the softplus form: with the product form of :func:`_bernoulli_log_mass` an epoch of the
-    main job's model on 20,000 images took 0.88 against 0.81 s with 2 threads and 1.27 against
-    1.18 s with 1 thread (medians of 3)."""
-
-    @staticmethod
-    def forward(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return _softplus_form(h, x)  # (...,)
-
-    @staticmethod
-    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:  # noqa: ANN001
-        # forward and setup_context apart: torch.func's transforms (the whole compiled step's
-        # grad_and_value, dgm.train.step) accept only this form
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN001
-        h, x = ctx.saved_tensors
-        g = g.unsqueeze(-1)  # (..., 1)
-        grad_h = grad_x = None
-        if ctx.needs_input_grad[0]:
-            if torch.is_grad_enabled() or not _broadcasts_to(x.shape, h.shape):
-                grad_h = (x - torch.sigmoid(h)) * g  # create_graph needs it differentiable
-            else:  # in place: one buffer instead of three
-                grad_h = torch.sigmoid(h).sub_(x).mul_(-g)
-            grad_h = grad_h.sum_to_size(h.shape)
-        if ctx.needs_input_grad[1]:
-            grad_x = (h * g).sum_to_size(x.shape)
-        return grad_h, grad_x
-
-
 class IndependentBernoulli(Independent):
-    r"""``Independent(Bernoulli(logits=h), 1)`` whose ``log_prob`` is one fused sum over the event:
+    r"""``Independent(Bernoulli(logits=h), 1)`` whose ``log_prob`` is one sum over the event:
 
         log p(x | h) = sum_d x_d h_d - softplus(h_d)        (the same value as torch's)
 
-    torch's Bernoulli goes through ``binary_cross_entropy_with_logits`` (a log-sigmoid with a
-    buffer, a fill, a subtraction), a negation and a separate sum: in importance-sampled
-    evaluation, where this runs on k * n decoder outputs, that took half as long as the output
-    layer's matrix product (2,000 x 200 x 784, 2 threads). Shapes:
-    logits (..., D), x broadcastable to them, log_prob (...,).
+    Shapes: logits h (..., D), x broadcastable to them, log_prob (...,).
     """
 
     def __init__(self, logits: torch.Tensor) -> None:
         super().__init__(Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        r"""log p(x | h) = sum_d x_d h_d - softplus(h_d): x (..., D) -> (...,)."""
         h = self.base_dist.logits
         dtype = torch.promote_types(h.dtype, value.dtype)  # as torch's Bernoulli promotes
         h, value = h.to(dtype), value.to(dtype)
         # in the input's precision even under autocast (which would take vecdot to bfloat16)
         with autocast_off(h.device.type):
-            if torch.compiler.is_compiling():  # train.compile: autograd's formula, fused there
-                return _softplus_form(h, value)
-            if not torch.is_grad_enabled():
-                return _bernoulli_log_mass(h, value)
-            return _BernoulliLogProb.apply(h, value)
+            if torch.compiler.is_compiling():  # train.compile: the formula, fused there
+                return torch.linalg.vecdot(value, h) - F.softplus(h).sum(-1)
+            # the same function by the kernels: training with the gradient written out,
+            # evaluation in the product-of-sigmoids form (dgm.kernels, tested against the formula)
+            if torch.is_grad_enabled():
+                return kernels.BernoulliLogMass.apply(h, value)
+            return kernels.bernoulli_log_mass(h, value)
 
     def expand(self, batch_shape: torch.Size, _instance=None) -> IndependentBernoulli:  # noqa: ANN001
         logits = self.base_dist.logits
