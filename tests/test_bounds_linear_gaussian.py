@@ -7,6 +7,7 @@ import torch
 
 from dgm.estimators import Reparameterized
 from dgm.evaluate import importance_log_likelihood
+from dgm.objectives import ELBO
 from tests.linear_gaussian import LinearGaussian
 
 
@@ -28,7 +29,7 @@ def test_elbo_is_below_log_px_and_matches_its_closed_form(lg, kl):
     x = lg.sample_x(8)
     q_module = lg.perturbed_posterior()
     q = q_module(x)
-    estimator = Reparameterized(k=20_000, kl=kl)
+    estimator = Reparameterized(ELBO(kl=kl), k=20_000)
     with torch.no_grad():
         est = estimator(lg.model, q, x)
     exact = lg.elbo_closed_form(x, q.base_dist.loc, q.base_dist.scale).detach()
@@ -49,7 +50,7 @@ def test_elbo_equals_log_px_at_the_exact_posterior(lg):
     assert torch.allclose(exact, lg.log_px(x), atol=1e-10, rtol=0)
     # With the KL by Monte Carlo, every estimate is exact whatever the samples.
     with torch.no_grad():
-        est = Reparameterized(k=3, kl="mc")(lg.model, q, x)
+        est = Reparameterized(ELBO(kl="mc"), k=3)(lg.model, q, x)
     assert torch.allclose(est.bound, lg.log_px(x), atol=1e-10, rtol=0)
     # Every single log-weight equals log p(x): zero variance.
     z = q.sample((50,))
@@ -117,7 +118,7 @@ def test_reparameterized_gradient_is_unbiased(lg, kl):
 
     from torch.distributions import Independent, Normal
 
-    estimator = Reparameterized(k=1, kl=kl)
+    estimator = Reparameterized(ELBO(kl=kl), k=1)
     R = 4000
     grads = []
     for _ in range(R):
@@ -144,7 +145,7 @@ def test_kl_warmup_changes_the_gradient_not_the_value(lg):
     def run(beta):
         torch.manual_seed(5)
         q = Independent(Normal(lam, log_eta.exp()), 1)
-        est = Reparameterized(k=4, kl="analytic")(lg.model, q, x, kl_weight=beta)
+        est = Reparameterized(ELBO(kl="analytic"), k=4)(lg.model, q, x, kl_weight=beta)
         grads = torch.autograd.grad(est.surrogate.sum(), [lam, log_eta])
         return est, grads
 

@@ -14,6 +14,7 @@ import torch
 from dgm.baselines import LearnedBaseline, LeaveOneOut, RunningMean
 from dgm.estimators import Reparameterized, ScoreFunction
 from dgm.gradvar import gradient_variance, warm_up_baseline
+from dgm.objectives import ELBO
 from dgm.variational import LocalGaussian
 from tests.linear_gaussian import LinearGaussian
 
@@ -59,9 +60,9 @@ def running_at(c: float) -> RunningMean:
 
 ESTIMATORS = {
     "reparam": lambda: Reparameterized(k=1),
-    "reparam-mc-k3": lambda: Reparameterized(k=3, kl="mc"),
+    "reparam-mc-k3": lambda: Reparameterized(ELBO(kl="mc"), k=3),
     "score": lambda: ScoreFunction(k=1),
-    "score-mc-k2": lambda: ScoreFunction(k=2, kl="mc"),
+    "score-mc-k2": lambda: ScoreFunction(ELBO(kl="mc"), k=2),
     "score-running": lambda: ScoreFunction(k=1, baseline=running_at(-9.0)),
     "score-learned": lambda: ScoreFunction(k=1, baseline=LearnedBaseline(5).double()),
     "score-loo-k5": lambda: ScoreFunction(k=5, baseline=LeaveOneOut()),
@@ -107,7 +108,7 @@ def test_score_decoder_gradient_is_the_monte_carlo_average(lg):
 def test_score_estimators_keep_the_true_bound_under_warmup(lg):
     """kl_weight < 1 changes the gradient only; the value is the ELBO of the same samples."""
     x, lam, log_eta = point(lg)
-    for estimator in (ScoreFunction(k=3), ScoreFunction(k=3, kl="mc"), Reparameterized(k=3)):
+    for estimator in (ScoreFunction(k=3), ScoreFunction(ELBO(kl="mc"), k=3), Reparameterized(k=3)):
         torch.manual_seed(2)
         _, _, full = estimates(lg, estimator, x, lam, log_eta, r=8)
         torch.manual_seed(2)

@@ -16,6 +16,7 @@ from dgm.config import load_config
 from dgm.estimators import DReG, Reparameterized, StickingTheLanding
 from dgm.evaluate import active_units, importance_log_likelihood
 from dgm.models import DeepLatentModel, GaussianLikelihood, HierarchicalPrior
+from dgm.objectives import ELBO, IWAE
 from dgm.variational import HierarchicalEncoder
 
 D, D1, D2, SIGMA = 4, 3, 2, 0.6
@@ -100,7 +101,7 @@ def test_bounds_do_not_care_how_many_layers(two_layer):
     xs = x.expand(r, -1)
     with torch.no_grad():
         for k in (1, 10, 100):
-            bound = Reparameterized(k=k, kl="mc", bound="iwae")(model, q_module(xs), xs).bound
+            bound = Reparameterized(IWAE(), k=k)(model, q_module(xs), xs).bound
             means.append((bound.mean().item(), bound.std().item() / math.sqrt(r)))
     for (m0, s0), (m1, s1) in zip(means, means[1:], strict=False):
         assert m1 - m0 > 4 * math.hypot(s0, s1)
@@ -113,8 +114,8 @@ def test_bounds_do_not_care_how_many_layers(two_layer):
 @pytest.mark.parametrize(
     ("estimator", "reference"),
     [
-        (StickingTheLanding(k=2), Reparameterized(k=2, kl="mc")),
-        (DReG(k=5), Reparameterized(k=5, kl="mc", bound="iwae")),
+        (StickingTheLanding(k=2), Reparameterized(ELBO(kl="mc"), k=2)),
+        (DReG(k=5), Reparameterized(IWAE(), k=5)),
     ],
 )
 def test_stl_and_dreg_are_unbiased_through_both_layers(two_layer, estimator, reference):

@@ -13,7 +13,7 @@ from torch.distributions import Independent, Normal
 from dgm.config import load_config
 from dgm.errors import ConfigError
 from dgm.estimators import DReG, Reparameterized, StickingTheLanding
-from dgm.objectives import elbo, iwae
+from dgm.objectives import ELBO, IWAE, elbo, iwae
 from dgm.variational import LocalGaussian
 from tests.linear_gaussian import LinearGaussian
 
@@ -53,9 +53,9 @@ def test_iwae_with_one_sample_is_the_elbo(lg):
     x, lam, log_eta = point(lg)
     q = table_of(lg, 4, lam, log_eta)(x.expand(4, -1), torch.arange(4))
     torch.manual_seed(0)
-    a = Reparameterized(k=1, kl="mc", bound="iwae")(lg.model, q, x)
+    a = Reparameterized(IWAE(), k=1)(lg.model, q, x)
     torch.manual_seed(0)
-    b = Reparameterized(k=1, kl="mc")(lg.model, q, x)
+    b = Reparameterized(ELBO(kl="mc"), k=1)(lg.model, q, x)
     assert torch.allclose(a.bound, b.bound, atol=1e-12, rtol=0)
 
 
@@ -70,7 +70,7 @@ def test_expected_iwae_bound_increases_with_k_and_stays_below_log_px(lg):
         r = 20_000
         q = Independent(Normal(lam.expand(r, -1), log_eta.exp().expand(r, -1)), 1)
         with torch.no_grad():
-            bound = Reparameterized(k=k, kl="mc", bound="iwae")(lg.model, q, x).bound  # (r,)
+            bound = Reparameterized(IWAE(), k=k)(lg.model, q, x).bound  # (r,)
         means.append(bound.mean().item())
         ses.append(bound.std().item() / math.sqrt(r))
     for i in range(len(means) - 1):
@@ -78,7 +78,7 @@ def test_expected_iwae_bound_increases_with_k_and_stays_below_log_px(lg):
     assert all(m + 4 * s < log_px for m, s in zip(means, ses, strict=True)), (means, log_px)
     q = Independent(Normal(lam.expand(400, -1), log_eta.exp().expand(400, -1)), 1)
     with torch.no_grad():
-        big = Reparameterized(k=2000, kl="mc", bound="iwae")(lg.model, q, x).bound.mean()
+        big = Reparameterized(IWAE(), k=2000)(lg.model, q, x).bound.mean()
     assert means[-1] < big.item() < log_px
     assert log_px - big.item() < 0.1 * (log_px - means[0])  # the gap closes as K grows
 
@@ -108,7 +108,7 @@ def test_stl_gradient_vanishes_at_the_exact_posterior(lg):
     lam, log_eta = q.base_dist.loc[0].detach(), q.base_dist.scale[0].log().detach()
     torch.manual_seed(3)
     g_stl, _ = encoder_grads(lg, StickingTheLanding(k=1), x, lam, log_eta, 500)
-    g_rep, _ = encoder_grads(lg, Reparameterized(k=1, kl="mc"), x, lam, log_eta, 500)
+    g_rep, _ = encoder_grads(lg, Reparameterized(ELBO(kl="mc"), k=1), x, lam, log_eta, 500)
     assert g_stl.abs().max() < 1e-9
     assert g_rep.var(0).sum() > 1e-2
 
@@ -120,7 +120,7 @@ def test_dreg_is_unbiased_for_the_iwae_gradient(lg):
     torch.manual_seed(4)
     r = 40_000
     g_dreg, _ = encoder_grads(lg, DReG(k=10), x, lam, log_eta, r)
-    g_iwae, _ = encoder_grads(lg, Reparameterized(k=10, kl="mc", bound="iwae"), x, lam, log_eta, r)
+    g_iwae, _ = encoder_grads(lg, Reparameterized(IWAE(), k=10), x, lam, log_eta, r)
     (m1, s1), (m2, s2) = mean_and_se(g_dreg), mean_and_se(g_iwae)
     se = torch.sqrt(s1**2 + s2**2)
     assert (se < 0.1 * m2.abs().max()).all()
@@ -141,7 +141,7 @@ def test_dreg_is_unbiased_for_the_iwae_gradient(lg):
         return torch.stack(out)
 
     (m1, s1) = mean_and_se(decoder_grads(DReG(k=10)))
-    (m2, s2) = mean_and_se(decoder_grads(Reparameterized(k=10, kl="mc", bound="iwae")))
+    (m2, s2) = mean_and_se(decoder_grads(Reparameterized(IWAE(), k=10)))
     se = torch.sqrt(s1**2 + s2**2)
     assert ((m1 - m2).abs() <= 4 * se).all(), (m1 - m2) / se
 
@@ -160,7 +160,7 @@ def test_dreg_is_unbiased_under_kl_warmup(lg):
         return torch.cat(torch.autograd.grad(est.surrogate.sum(), (table.lam, table.log_eta)), -1)
 
     (m1, s1) = mean_and_se(annealed(DReG(k=3)))
-    (m2, s2) = mean_and_se(annealed(Reparameterized(k=3, kl="mc", bound="iwae")))
+    (m2, s2) = mean_and_se(annealed(Reparameterized(IWAE(), k=3)))
     se = torch.sqrt(s1**2 + s2**2)
     assert (se < 0.1 * m2.abs().max()).all()
     assert ((m1 - m2).abs() <= 4 * se).all(), (m1 - m2) / se
@@ -173,7 +173,7 @@ def test_dreg_encoder_gradient_has_lower_variance_than_iwae_at_large_k(lg):
     x = lg.sample_x(1, seed=5)[0]
     q = lg.exact_posterior()(x[None])
     lam, log_eta = q.base_dist.loc[0].detach(), q.base_dist.scale[0].log().detach()
-    iwae_estimator = Reparameterized(k=100, kl="mc", bound="iwae")
+    iwae_estimator = Reparameterized(IWAE(), k=100)
     torch.manual_seed(5)
     g_dreg, _ = encoder_grads(lg, DReG(k=100), x, lam + 0.3, log_eta + 0.3, 2000)
     g_iwae, _ = encoder_grads(lg, iwae_estimator, x, lam + 0.3, log_eta + 0.3, 2000)
@@ -189,8 +189,8 @@ def test_values_are_the_true_bounds_whatever_the_estimator(lg):
     x, lam, log_eta = point(lg)
     q = table_of(lg, 6, lam, log_eta)(x.expand(6, -1), torch.arange(6))
     for ours, reference in (
-        (StickingTheLanding(k=3), Reparameterized(k=3, kl="mc")),
-        (DReG(k=3), Reparameterized(k=3, kl="mc", bound="iwae")),
+        (StickingTheLanding(k=3), Reparameterized(ELBO(kl="mc"), k=3)),
+        (DReG(k=3), Reparameterized(IWAE(), k=3)),
     ):
         torch.manual_seed(6)
         a = ours(lg.model, q, x, kl_weight=0.3)
@@ -203,7 +203,7 @@ def test_values_are_the_true_bounds_whatever_the_estimator(lg):
 def test_iwae_warmup_keeps_the_value(lg):
     x, lam, log_eta = point(lg)
     q = table_of(lg, 4, lam, log_eta)(x.expand(4, -1), torch.arange(4))
-    est = Reparameterized(k=5, kl="mc", bound="iwae")(lg.model, q, x, kl_weight=0.2)
+    est = Reparameterized(IWAE(), k=5)(lg.model, q, x, kl_weight=0.2)
     assert torch.allclose(est.surrogate, est.bound)
 
 

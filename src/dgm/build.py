@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+import dgm.registry as registry
 from dgm.baselines import Baseline, LearnedBaseline, LeaveOneOut, RunningMean
 from dgm.config import Config, ModelConfig, ObjectiveConfig, parse_posterior
-from dgm.estimators import DReG, Estimator, Reparameterized, ScoreFunction, StickingTheLanding
+from dgm.estimators import Estimator, Reparameterized, ScoreFunction
 from dgm.models import (
     BernoulliLikelihood,
     DeepLatentModel,
@@ -18,6 +19,7 @@ from dgm.models import (
     StandardNormalPrior,
 )
 from dgm.nn import ACTIVATIONS, MLP
+from dgm.objectives import Bound
 from dgm.variational import (
     DeterministicEncoder,
     FlowEncoder,
@@ -97,19 +99,25 @@ def build_posterior(
     return HierarchicalEncoder(net, nets, sizes)
 
 
+def _posterior_class(config: Config) -> type:
+    cfg = config.model
+    flow, _ = parse_posterior(cfg.posterior)
+    local = config.inference.kind == "local"
+    return registry.posterior_class(flow, len(cfg.upper), local, cfg.kind == "ae")
+
+
 def resolve_kl(config: Config) -> str:
-    """``auto``: the closed form when there is one (a diagonal-Gaussian q over one stochastic
-    layer, the ELBO, an estimator that can use it), else Monte Carlo."""
+    """``auto``: the closed form when there is one (a q with a closed-form KL, the ELBO, an
+    estimator that can use it), else Monte Carlo (see :func:`dgm.registry.resolve_kl`)."""
     oc = config.objective
-    if oc.kl != "auto":
-        return oc.kl
-    closed = (
-        parse_posterior(config.model.posterior)[0] == "gaussian"
-        and not config.model.upper
-        and oc.bound == "elbo"
-        and oc.estimator not in ("stl", "dreg")
-    )
-    return "analytic" if closed else "mc"
+    return registry.resolve_kl(oc.bound, oc.kl, oc.estimator, _posterior_class(config).provides)
+
+
+def build_bound(config: Config) -> Bound:
+    """The training bound: the ELBO (with the resolved KL mode), the IWAE bound, or the
+    autoencoder's reconstruction objective."""
+    autoencoder = config.model.kind == "ae"
+    return registry.make_bound(config.objective.bound, resolve_kl(config), autoencoder)
 
 
 def build_baseline(cfg: ObjectiveConfig, data_dim: int) -> Baseline:
@@ -132,17 +140,14 @@ def build_baseline(cfg: ObjectiveConfig, data_dim: int) -> Baseline:
 
 
 def build_estimator(cfg: Config, data_dim: int) -> Estimator:
-    """The AE trains on reconstruction alone (no KL); the VAE on the K-sample ELBO or IWAE bound
-    with the configured gradient estimator (the valid pairs are checked by the config)."""
+    """The configured estimator of the configured bound's gradient (the AE: the pathwise
+    gradient of its reconstruction objective); the combination was checked by the config."""
     oc = cfg.objective
-    if cfg.model.kind == "ae":
-        return Reparameterized(k=oc.k, kl="none")
-    kl = resolve_kl(cfg)
-    if oc.estimator == "reparam":
-        return Reparameterized(k=oc.k, kl=kl, bound=oc.bound, free_bits=oc.free_bits)
-    if oc.estimator == "stl":
-        return StickingTheLanding(k=oc.k)
-    if oc.estimator == "dreg":
-        return DReG(k=oc.k)
-    baseline = build_baseline(oc, data_dim) if oc.estimator == "score-baseline" else None
-    return ScoreFunction(k=oc.k, kl=kl, baseline=baseline)
+    bound = build_bound(cfg)
+    cls = registry.ESTIMATORS[oc.estimator]
+    if cls is Reparameterized:
+        return Reparameterized(bound, k=oc.k, free_bits=oc.free_bits)
+    if cls is ScoreFunction:
+        baseline = build_baseline(oc, data_dim) if oc.estimator == "score-baseline" else None
+        return ScoreFunction(bound, k=oc.k, baseline=baseline)
+    return cls(k=oc.k, bound=bound)

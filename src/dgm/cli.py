@@ -428,13 +428,14 @@ def cmd_gradvar(args: argparse.Namespace) -> int:
     def show(r: dict[str, Any]) -> None:
         if not args.json:
             name = r["estimator"] + (f" + {r['baseline']}" if r["baseline"] else "")
+            name += f" ({r['bound']})"
             ratio = r["variance_ratio_to_reparam"]
             vs_iwae = r.get("variance_ratio_to_iwae")
             print(
-                f"K={r['k']:<4} {name:<26} variance {r['variance']:.4g} "
+                f"K={r['k']:<4} {name:<30} variance {r['variance']:.4g} "
                 f"(± {r['variance_se']:.2g})  ||E g||^2 {r['mean_sq_norm']:.3g}  "
                 f"SNR {r['snr']:.3g}  x reparam {ratio:.3g}"
-                + (f"  x iwae {vs_iwae:.3g}" if vs_iwae is not None and name == "dreg" else ""),
+                + (f"  x iwae {vs_iwae:.3g}" if vs_iwae is not None else ""),
                 flush=True,
             )
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dgm.estimators import Reparameterized
+from dgm.objectives import ELBO
 from dgm.variational.local import LocalGaussian
 
 
@@ -65,7 +66,7 @@ def fit_local_posterior(
     rank, world = shard
     x = x[rank::world] if world > 1 else x  # the table's examples, in its rows' order
     n = x.shape[0]
-    estimator = Reparameterized(k=k, kl="analytic")
+    estimator = Reparameterized(ELBO(kl="analytic"), k=k)
     was_training = model.training
     model.eval()
     with frozen(model):

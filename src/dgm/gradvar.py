@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+import dgm.registry as registry
 from dgm.baselines import LeaveOneOut
 from dgm.estep import frozen
-from dgm.estimators import DReG, Estimator, Reparameterized, ScoreFunction, StickingTheLanding
+from dgm.estimators import Estimator, Reparameterized, ScoreFunction, refusal
+from dgm.objectives import IWAE, Bound
 
 
 @dataclass
@@ -147,32 +149,31 @@ def warm_up_baseline(
     estimator.eval()
 
 
-#: (estimator, baseline) pairs measured by :func:`compare_estimators`
-VARIANTS: tuple[tuple[str, str | None], ...] = (
-    ("reparam", None),
-    ("score", None),
-    ("score-baseline", "running"),
-    ("score-baseline", "learned"),
-    ("score-baseline", "loo"),
-    ("stl", None),
-    ("iwae", None),  # the IWAE bound's plain pathwise gradient
-    ("dreg", None),  # the IWAE bound's doubly reparameterized gradient
-)
-
-#: variants that estimate the gradient of the IWAE bound (the others: the ELBO's)
-IWAE_VARIANTS = ("iwae", "dreg")
+#: the control variates of ``score-baseline`` that are measured
+BASELINES = ("running", "learned", "loo")
 
 
-def _estimator(name: str, baseline: nn.Module | None, k: int) -> Estimator:
-    if name == "reparam":
-        return Reparameterized(k=k)
-    if name == "stl":
-        return StickingTheLanding(k=k)
-    if name == "iwae":
-        return Reparameterized(k=k, kl="mc", bound="iwae")
-    if name == "dreg":
-        return DReG(k=k)
-    return ScoreFunction(k=k, baseline=baseline)
+def measured_variants(provides: frozenset[str]) -> list[tuple[str, str | None, Bound]]:
+    """(estimator, baseline, bound) for every registered estimator and every bound it can train
+    with a posterior that ``provides`` these capabilities: first the ELBO's estimators, then the
+    IWAE bound's, each group led by the pathwise gradient (the reference of its ratios)."""
+    out: list[tuple[str, str | None, Bound]] = []
+    for bound_name in ("elbo", "iwae"):
+        for name, cls in registry.ESTIMATORS.items():
+            kl = registry.resolve_kl(bound_name, "auto", name, provides)
+            bound = registry.make_bound(bound_name, kl)
+            if refusal(cls, bound, provides) is not None:
+                continue
+            for baseline in BASELINES if name == "score-baseline" else (None,):
+                out.append((name, baseline, bound))
+    return out
+
+
+def _estimator(name: str, baseline: nn.Module | None, k: int, bound: Bound) -> Estimator:
+    cls = registry.ESTIMATORS[name]
+    if cls is ScoreFunction:
+        return ScoreFunction(bound, k=k, baseline=baseline)
+    return cls(k=k, bound=bound)
 
 
 def compare_estimators(
@@ -183,36 +184,44 @@ def compare_estimators(
     baselines: dict[str, nn.Module],
     ks: Sequence[int] = (1, 10, 100),
     repeats: int = 100,
-    variants: Sequence[tuple[str, str | None]] = VARIANTS,
+    variants: Sequence[tuple[str, str | None, Bound]] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Gradient statistics for every variant and K, w.r.t. ``posterior``'s parameters.
+    """Gradient statistics for every variant (default: :func:`measured_variants` of the
+    posterior) and K, w.r.t. ``posterior``'s parameters.
 
     ``baselines`` maps "running" and "learned" to warmed-up baseline modules (shared across K:
     what it regresses, the signal of one sample, does not depend on K). Leave-one-out is skipped
     at K = 1, where it does not exist. Each record has ``estimator``, ``baseline``, ``k``, the
     :class:`GradientStats` fields, ``variance_ratio_to_reparam`` and ``snr_common`` (the SNR
     with the pathwise estimate of ||E g||^2, at the same K; the first variant must be reparam).
+    Estimators of the IWAE bound's gradient get ``variance_ratio_to_iwae``, against the pathwise
+    one of the same bound.
     """
+    if variants is None:
+        variants = measured_variants(getattr(posterior, "provides", frozenset({"rsample"})))
     params = [p for p in posterior.parameters() if p.requires_grad]
     records: list[dict[str, Any]] = []
     for k in ks:
         reparam_var: float | None = None
         reparam_mean_sq = 0.0
         iwae_var = 0.0
-        for estimator_name, baseline_name in variants:
-            if baseline_name == "loo" and k < 2:
+        for estimator_name, baseline_name, bound in variants:
+            if k < registry.ESTIMATORS[estimator_name].min_k or (baseline_name == "loo" and k < 2):
                 continue
             if baseline_name == "loo":
                 baseline: nn.Module | None = LeaveOneOut()
             else:
                 baseline = baselines[baseline_name] if baseline_name else None
-            est = _estimator(estimator_name, baseline, k)
+            est = _estimator(estimator_name, baseline, k, bound)
             with frozen(model):
                 stats = gradient_variance(est, model, posterior, x, params, repeats, index)
-            if estimator_name == "reparam":
+            iwae_bound = isinstance(bound, IWAE)
+            pathwise = registry.ESTIMATORS[estimator_name] is Reparameterized
+            if pathwise and not iwae_bound:
                 reparam_var, reparam_mean_sq = stats.variance, stats.mean_sq_norm
             record = {"estimator": estimator_name, "baseline": baseline_name, "k": k}
+            record["bound"] = bound.name
             record.update(stats.to_dict())
             record["variance_ratio_to_reparam"] = (
                 stats.variance / reparam_var if reparam_var else None
@@ -225,10 +234,9 @@ def compare_estimators(
                 if reparam_var is not None and stats.variance > 0
                 else None
             )
-            if estimator_name == "iwae":
+            if pathwise and iwae_bound:
                 iwae_var = stats.variance
-            if estimator_name in IWAE_VARIANTS:  # another gradient: compare with the IWAE's
-                record["bound"] = "iwae"
+            if iwae_bound:  # another gradient: compare with the IWAE bound's pathwise one
                 record["variance_ratio_to_iwae"] = stats.variance / iwae_var if iwae_var else None
                 record["snr_common"] = None  # its own mean, ``snr``, is the one to read
             records.append(record)

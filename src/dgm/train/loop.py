@@ -278,7 +278,7 @@ class Trainer:
     @property
     def bound_name(self) -> str:
         """``elbo`` or ``iwae``: the name of the training bound in the metrics."""
-        return self.config.objective.bound
+        return self.estimator.bound.name
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -368,7 +368,7 @@ class Trainer:
             totals, n, skipped = summed[:3], int(summed[3]), int(summed[4])
         bound, log_lik, kl = (totals / max(n, 1)).tolist()
         out = {"train_log_lik": log_lik, "train_kl": kl}
-        if self.config.model.kind == "vae":
+        if self.estimator.bound.bounds_log_p:
             out[f"train_{self.bound_name}"] = bound
         out["lr"] = lr
         out["skipped_steps"] = skipped
@@ -565,7 +565,7 @@ class Trainer:
         totals = self.dist.sum(totals)
         bound, log_lik, kl = (totals / x.shape[0]).tolist()
         out = {"test_log_lik": log_lik, "test_kl": kl}
-        if self.config.model.kind == "vae":
+        if self.estimator.bound.bounds_log_p:
             out[f"test_{self.bound_name}"] = bound
         return out
 

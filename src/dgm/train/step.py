@@ -15,7 +15,7 @@ counters left as they were, and the optimizer's state is the one ``torch.optim.A
 whichever path trained. (Adam written into the graph too was slower: inductor's loops over the
 moments took about three times the fused kernel's 0.28 ms at batch 20.)
 
-It applies to pathwise estimators (reparameterized, STL, DReG) on amortized posteriors, in
+It applies to functional estimators (reparameterized, STL, DReG) on amortized posteriors, in
 float32, in one process: :func:`supports` says when; elsewhere ``train.compile`` compiles the
 forward only.
 """
@@ -25,17 +25,14 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad_and_value
 
-from dgm.estimators import DReG, Reparameterized, StickingTheLanding
 from dgm.train.optim import FusedAdam
-
-#: estimators without state of their own (a score estimator's baselines update buffers)
-PATHWISE = (Reparameterized, StickingTheLanding, DReG)
 
 
 def supports(estimator: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the step can be compiled whole: a pathwise estimator, and dgm's fused Adam (its
-    step takes the device-side flag ``found_inf``)."""
-    return isinstance(estimator, PATHWISE) and isinstance(optimizer, FusedAdam)
+    """Whether the step can be compiled whole: an estimator that declares itself ``functional``
+    (no state of its own to update: a score estimator's baselines update buffers), and dgm's
+    fused Adam (its step takes the device-side flag ``found_inf``)."""
+    return getattr(estimator, "functional", False) and isinstance(optimizer, FusedAdam)
 
 
 class CompiledStep:

@@ -1,4 +1,9 @@
-"""Variational families q_phi(z | x): ``forward(x, index) -> Distribution``."""
+"""Variational families q_phi(z | x): ``forward(x, index) -> Distribution``.
+
+Each family declares what its q offers in ``provides``: ``"rsample"`` (a reparameterized path),
+``"log_prob"`` (log q at any given z, not only along its own samples), ``"closed_form_kl"`` (a
+closed-form KL to the prior). Estimators and bounds say what they need of these.
+"""
 
 from dgm.variational.amortized import DeterministicEncoder, GaussianEncoder, HierarchicalEncoder
 from dgm.variational.flows import FlowEncoder, FlowPosterior, build_flow_steps

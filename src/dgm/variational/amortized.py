@@ -21,6 +21,9 @@ class GaussianEncoder(nn.Module):
     index is accepted for interface parity with per-datapoint posteriors and ignored.
     """
 
+    #: what q offers the estimators (see dgm.estimators.base.Estimator)
+    provides = frozenset({"rsample", "log_prob", "closed_form_kl"})
+
     def __init__(self, net: nn.Module, latent_dim: int) -> None:
         super().__init__()
         self.net = net
@@ -37,6 +40,9 @@ class DeterministicEncoder(nn.Module):
     With no noise and no KL term this is the lecture's AE baseline ("Examining the Training
     Process"): trained on reconstruction alone, so nothing makes p(z) = N(0, I) meaningful.
     """
+
+    #: what q offers the estimators (see dgm.estimators.base.Estimator)
+    provides = frozenset({"rsample"})
 
     def __init__(self, net: nn.Module, latent_dim: int) -> None:
         super().__init__()
@@ -56,6 +62,9 @@ class HierarchicalEncoder(nn.Module):
         nets: for i = 2..L, z_{i-1} (..., d_{i-1}) -> (..., 2 d_i).
         sizes: (d_1, ..., d_L).
     """
+
+    #: what q offers the estimators (see dgm.estimators.base.Estimator)
+    provides = frozenset({"rsample", "log_prob"})
 
     def __init__(self, net: nn.Module, nets: list[nn.Module], sizes: list[int]) -> None:
         super().__init__()

@@ -80,6 +80,9 @@ class FlowEncoder(nn.Module):
     r"""x -> trunk -> context h (B, C); h -> (lambda, log eta) of q_0 and, per step, the step's
     parameters. ``forward(x, index)`` returns a :class:`FlowPosterior` (batch (B,), event (d,))."""
 
+    #: what q offers the estimators (see dgm.estimators.base.Estimator)
+    provides = frozenset({"rsample"})
+
     def __init__(self, trunk: nn.Module, context_dim: int, latent_dim: int, steps: nn.ModuleList):
         super().__init__()
         self.trunk = trunk

@@ -31,6 +31,9 @@ class LocalGaussian(nn.Module):
     the whole (N, d) table that checkpoints hold.
     """
 
+    #: what q offers the estimators (see dgm.estimators.base.Estimator)
+    provides = frozenset({"rsample", "log_prob", "closed_form_kl"})
+
     def __init__(
         self,
         num_examples: int,
