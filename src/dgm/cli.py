@@ -11,6 +11,7 @@ from typing import Any
 
 from dgm.config import CLASSICAL
 from dgm.errors import DGMError, UsageError
+from dgm.registry import ESTIMATORS
 
 # flag -> dotted config key (flags override the config file and --set)
 TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
@@ -23,7 +24,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "estimator": (
         "objective.estimator",
         str,
-        "reparam, score, score-baseline, stl (ELBO) or dreg (IWAE)",
+        "the gradient estimator: " + ", ".join(ESTIMATORS) + " (see dgm.registry)",
     ),
     "posterior": (
         "model.posterior",
