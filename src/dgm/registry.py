@@ -8,6 +8,7 @@ builders call :func:`check`. A new estimator is one class and one line in :data:
 from __future__ import annotations
 
 from dgm.estimators import (
+    VIMCO,
     DReG,
     Estimator,
     Reparameterized,
@@ -32,6 +33,7 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "score-baseline": ScoreFunction,
     "stl": StickingTheLanding,
     "dreg": DReG,
+    "vimco": VIMCO,
 }
 
 #: ``objective.bound`` -> its class

@@ -16,6 +16,7 @@ from dgm.estimators.base import (
 from dgm.estimators.path import DReG, StickingTheLanding, path_terms
 from dgm.estimators.pathwise import Reparameterized
 from dgm.estimators.score import ScoreFunction
+from dgm.estimators.vimco import VIMCO
 
 __all__ = [
     "DReG",
@@ -25,6 +26,7 @@ __all__ = [
     "Reparameterized",
     "ScoreFunction",
     "StickingTheLanding",
+    "VIMCO",
     "annealing",
     "free_bits_kl",
     "path_terms",
