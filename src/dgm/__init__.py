@@ -2,14 +2,24 @@
 
 The pieces of the lecture, each one object: a generative model p_theta(x, z) (``dgm.models``), a
 variational family q_phi(z | x) (``dgm.variational``), a bound over log-weights
-(``dgm.objectives``) and a gradient estimator (``dgm.estimators``).
+(``dgm.objectives``) and a gradient estimator (``dgm.estimators``). ``dgm.fit`` trains a run from
+a configuration and ``dgm.load_run`` loads one (``dgm.runs``).
 """
 
 from dgm.baselines import LearnedBaseline, LeaveOneOut, RunningMean
 from dgm.config import Config, load_config
+from dgm.data import Data, TensorBatches
 from dgm.errors import CheckpointError, ConfigError, DataError, DGMError, UsageError
 from dgm.estep import fit_local_posterior
-from dgm.estimators import Estimate, Estimator, Reparameterized, ScoreFunction
+from dgm.estimators import (
+    VIMCO,
+    DReG,
+    Estimate,
+    Estimator,
+    Reparameterized,
+    ScoreFunction,
+    StickingTheLanding,
+)
 from dgm.evaluate import LogLikelihood, importance_log_likelihood, inference_gaps
 from dgm.gradvar import GradientStats, gradient_variance
 from dgm.models import (
@@ -23,12 +33,26 @@ from dgm.models import (
     StandardNormalPrior,
 )
 from dgm.nn import MLP
-from dgm.objectives import elbo, iwae
+from dgm.objectives import ELBO, IWAE, Bound, Reconstruction, elbo, iwae
+from dgm.runs import Run, fit, load_data, load_run
 from dgm.variational import DeterministicEncoder, GaussianEncoder, LocalGaussian, PointMass
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ELBO",
+    "IWAE",
+    "VIMCO",
+    "Bound",
+    "DReG",
+    "Data",
+    "Reconstruction",
+    "Run",
+    "StickingTheLanding",
+    "TensorBatches",
+    "fit",
+    "load_data",
+    "load_run",
     "MLP",
     "PPCA",
     "Estimator",

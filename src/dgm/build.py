@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 import dgm.registry as registry
 from dgm.baselines import Baseline, LearnedBaseline, LeaveOneOut, RunningMean
 from dgm.config import Config, ModelConfig, ObjectiveConfig, parse_posterior
+from dgm.data import binarize_fixed, dequantize_fixed, load_dataset, to_unit_interval
+from dgm.data.arrays import Data
 from dgm.estimators import Estimator, Reparameterized, ScoreFunction
 from dgm.models import (
     BernoulliLikelihood,
@@ -28,6 +31,22 @@ from dgm.variational import (
     LocalGaussian,
     build_flow_steps,
 )
+
+
+def build_data(config: Config, device: torch.device | str = "cpu") -> Data:
+    """The run's data set: training images as grey levels, the test images binarized (or
+    dequantized) once with the fixed seed ``data.binarize_seed``, so that every evaluation of a
+    run sees the same test images; and the test labels."""
+    dc = config.data
+    ds = load_dataset(dc.dataset, data_dir=dc.data_dir, download=dc.download)
+    x_train = to_unit_interval(ds.train_images[: dc.train_limit]).to(device)
+    x_test = to_unit_interval(ds.test_images[: dc.test_limit]).to(device)
+    if dc.binarize != "none":
+        x_test = binarize_fixed(x_test, dc.binarize_seed)
+    elif dc.dequantize:
+        x_test = dequantize_fixed(x_test, dc.binarize_seed)
+    labels = ds.test_labels[: dc.test_limit].to(device)
+    return Data(x_train, x_test, tuple(ds.train_images.shape[1:]), labels)
 
 
 def build_likelihood(cfg: ModelConfig) -> Likelihood:

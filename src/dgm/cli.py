@@ -242,65 +242,37 @@ def _train_classical(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
-def _eval_classical(args: argparse.Namespace, run_dir: Path) -> int:
-    from dgm.config import load_run_config
-    from dgm.train.classical import WEIGHTS, load_classical, test_log_likelihood
-    from dgm.train.loop import load_data, resolve_device
-
-    config = load_run_config(run_dir / "config.json")
-    if args.device is not None:
-        config.train.device = args.device
-    if args.limit is not None:
-        config.data.test_limit = min(args.limit, config.data.test_limit or args.limit)
-    device = resolve_device(config.train.device)
-    model = load_classical(config, run_dir / WEIGHTS).to(device)
-    summary = test_log_likelihood(model, load_data(config, device).x_test)
-    summary["exact"] = True
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(
-            f"test log p(x)        {summary['test_log_likelihood']:.2f} "
-            f"{_pm(summary['test_log_likelihood_stderr'])} nats (exact, n = {summary['n']}), "
-            f"{summary['test_bits_per_dim']:.3f} bits/dim"
-        )
-    return 0
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from dgm.evaluate import active_units, importance_log_likelihood
     from dgm.files import atomic_write_text
-    from dgm.train.run import load_trained
+    from dgm.runs import load_run
 
     if args.k < 1:
         raise UsageError(f"--k {args.k}: expected a positive number of importance samples")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
     run_dir = Path(args.run_dir)
-    if _run_kind(run_dir) in CLASSICAL:
-        return _eval_classical(args, run_dir)
-    trainer = load_trained(run_dir, device=args.device, limit=args.limit)
-    if trainer.config.model.kind != "vae":
+    run = load_run(run_dir, device=args.device)
+    if run.kind in CLASSICAL:
+        summary = run.evaluate(limit=args.limit)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(
+                f"test log p(x)        {summary['test_log_likelihood']:.2f} "
+                f"{_pm(summary['test_log_likelihood_stderr'])} nats (exact, n = {summary['n']}), "
+                f"{summary['test_bits_per_dim']:.3f} bits/dim"
+            )
+        return 0
+    if run.kind != "vae":
         raise UsageError(f"{run_dir}: a plain autoencoder has no likelihood bound to evaluate")
-    import torch
-
-    torch.manual_seed(args.seed)
-    x = trainer.data.x_test
+    n = run.data.x_test[: args.limit].shape[0]
     start = time.perf_counter()
-    posterior = trainer.test_posterior(x)  # local inference: the E-step on the test set
-    with tqdm(
-        total=x.shape[0], disable=args.json or args.quiet, desc=f"log p(x), k={args.k}"
-    ) as bar:
-        result = importance_log_likelihood(
-            trainer.model, posterior, x, args.k, on_batch=lambda n: bar.update(n - bar.n)
+    with tqdm(total=n, disable=args.json or args.quiet, desc=f"log p(x), k={args.k}") as bar:
+        summary = run.evaluate(
+            args.k, args.limit, args.seed, on_batch=lambda done: bar.update(done - bar.n)
         )
-    summary: dict[str, Any] = {**result.summary(), "epoch": trainer.epoch}
-    units = active_units(posterior, x)
-    summary["active_units"] = units["active_units"]
-    summary["active_units_per_layer"] = units["active_units_per_layer"]
-    summary["latent_units"] = units["latent_units"]
     summary["seconds"] = time.perf_counter() - start
     atomic_write_text(run_dir / f"eval-k{args.k}.json", json.dumps(summary, indent=2) + "\n")
     if args.json:
@@ -513,29 +485,15 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
     from dgm.plots import save_grid
-    from dgm.train.run import load_trained
+    from dgm.runs import load_run
 
     if args.n < 1:
         raise UsageError(f"--n {args.n}: expected a positive number of samples")
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "samples.png"
-    if _run_kind(run_dir) in CLASSICAL:
-        from dgm.config import load_run_config
-        from dgm.train.classical import WEIGHTS, classical_samples, load_classical
-
-        model = load_classical(load_run_config(run_dir / "config.json"), run_dir / WEIGHTS)
-        torch.manual_seed(args.seed)
-        save_grid(classical_samples(model, args.n), out)
-        print(out)
-        return 0
-    trainer = load_trained(run_dir, device=args.device)
-    torch.manual_seed(args.seed)
-    with torch.inference_mode():
-        _, p_x = trainer.model.eval().sample(args.n)
-        save_grid(p_x.mean, out, trainer.data.image_shape)
+    run = load_run(run_dir, device=args.device)
+    save_grid(run.sample(args.n, seed=args.seed), out, run.data.image_shape)
     print(out)
     return 0
 

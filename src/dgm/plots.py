@@ -1,4 +1,6 @@
-"""Pictures: image grids (Pillow) and figures (matplotlib, Agg backend). No plotting elsewhere."""
+"""Pictures: image grids (Pillow) and figures (matplotlib, Agg backend). No plotting elsewhere.
+
+matplotlib is imported by the first figure, not with dgm (``import dgm`` stays light)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,24 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import torch
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot with the Agg backend (files only, no screen), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def image_grid(
@@ -56,7 +68,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -78,7 +90,7 @@ def save_side_by_side(
     panels: Sequence[tuple[str, torch.Tensor]], path: Path, image_shape: tuple[int, int] = (28, 28)
 ) -> None:
     """Grids next to each other under titles, as the lecture's "Performance" slide."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
     for ax, (title, images) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(
             np.asarray(image_grid(images, image_shape, scale=1)), cmap="gray", vmin=0, vmax=255
@@ -96,7 +108,7 @@ def save_curves(metrics_path: Path, path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     keys = [k for k in ("train_elbo", "test_elbo", "train_iwae", "test_iwae") if k in rows[0]]
     keys = keys or [k for k in ("train_log_lik", "test_log_lik") if k in rows[0]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     for k in keys:
         axes[0].plot(epochs, [r[k] for r in rows], label=k)
     axes[0].set_xlabel("epoch")
@@ -115,7 +127,7 @@ def save_curves(metrics_path: Path, path: Path) -> None:
 
 def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
     """Gradient variance (trace of the covariance) against K, one line per estimator, log-log."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2))
     names = []
     for r in records:
         name = r["estimator"] + (f" + {r['baseline']}" if r.get("baseline") else "")
@@ -147,7 +159,7 @@ def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
 
 def save_gap(r: dict, path: Path) -> None:
     """The three levels of ``dgm gap`` as bars: log p(x), optimized ELBO, encoder's ELBO."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = pyplot().subplots(figsize=(6, 3.2))
     levels = [
         ("log p(x)", r["log_likelihood"]),
         ("ELBO, optimized q", r["elbo_optimized"]),

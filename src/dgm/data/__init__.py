@@ -1,5 +1,6 @@
 """Datasets: the IDX reader, the registry of named datasets, downloads and minibatches."""
 
+from dgm.data.arrays import Data
 from dgm.data.batches import (
     Binarize,
     TensorBatches,
@@ -23,6 +24,7 @@ from dgm.data.registry import (
 __all__ = [
     "REGISTRY",
     "Binarize",
+    "Data",
     "Dataset",
     "DatasetSpec",
     "IdxFile",
