@@ -194,7 +194,8 @@ def test_help(command):
 
 
 def test_switches_and_valued_flags_parse_to_their_keys():
-    from dgm.cli import _overrides, build_parser
+    from dgm.cli import build_parser
+    from dgm.cli.train import overrides as _overrides
 
     args = build_parser().parse_args(["train", "--compile", "--hidden", "8,4", "--download"])
     assert _overrides(args) == {

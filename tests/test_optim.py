@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from dgm.train.optim import FusedAdam, nonfinite_gradients
+from dgm.methods.optim import FusedAdam, nonfinite_gradients
 
 
 def _problem(seed: int) -> tuple[torch.nn.Module, torch.Tensor]:

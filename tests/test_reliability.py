@@ -229,7 +229,7 @@ def test_a_transient_nan_step_is_skipped_and_training_goes_on(tmp_path, deferred
     """Also with the deferred checks of CUDA (forced here on the CPU): the same outcome."""
     config = small_config(**{"train.epochs": 2})
     trainer = Trainer(config, tmp_path / "run")
-    trainer._defer_checks = deferred
+    trainer.defer_checks = deferred
     _poison(trainer, lambda step: step in (3, 4))
     history = trainer.fit()
     assert [h["skipped_steps"] for h in history] == [2, 0]
@@ -244,7 +244,7 @@ def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped(tmp_path, deferred)
     finite, the one-pass gradient check still skips the step and names the gradient (deferred:
     the fused Adam kernel skips it on the device and its step counters stay)."""
     trainer = Trainer(small_config(**{"train.epochs": 1}), tmp_path / "run")
-    trainer._defer_checks = deferred
+    trainer.defer_checks = deferred
     weight = [m for m in trainer.model.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
     weight = weight.weight
     handle = weight.register_hook(
@@ -274,7 +274,7 @@ def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_mess
     run_dir = tmp_path / "run"
     prepare_new_run(config, run_dir)
     trainer = Trainer(config, run_dir)
-    trainer._defer_checks = deferred
+    trainer.defer_checks = deferred
     steps_per_epoch = len(trainer.batches)
     _poison(trainer, lambda step: step >= steps_per_epoch + 2)  # from epoch 2 on, for good
     with pytest.raises(NumericalError) as err:
@@ -292,7 +292,7 @@ def test_persistent_nans_restart_from_the_checkpoint_then_stop_with_a_clear_mess
 def test_a_restart_with_a_lower_rate_can_get_past_a_bad_stretch(tmp_path, deferred):
     config = small_config(**{"train.epochs": 3, "train.max_bad_steps": 3})
     trainer = Trainer(config, tmp_path / "run")
-    trainer._defer_checks = deferred
+    trainer.defer_checks = deferred
     steps = len(trainer.batches)
 
     def bad(step):  # three steps early in epoch 2 go bad, the first time through only
@@ -398,7 +398,7 @@ def test_deferred_checks_train_exactly_as_the_synchronous_ones(tmp_path):
     runs = {}
     for deferred in (False, True):
         trainer = Trainer(small_config(**{"train.epochs": 2}), tmp_path / str(deferred))
-        trainer._defer_checks = deferred
+        trainer.defer_checks = deferred
         assert trainer.defer_checks is deferred
         history = trainer.fit()
         runs[deferred] = (history, [p.detach().clone() for p in trainer.model.parameters()])
@@ -414,7 +414,7 @@ def test_the_progress_bar_survives_an_epoch_ending_in_skipped_steps(tmp_path, de
     one short of max_bad_steps): the bar has nothing new to show at the epoch's end, and the
     epoch still ends with its metrics (19 skipped)."""
     trainer = Trainer(small_config(**{"train.epochs": 1}), tmp_path / "run")
-    trainer._defer_checks = deferred
+    trainer.defer_checks = deferred
     assert len(trainer.batches) == 20
     _poison(trainer, lambda step: step >= 1)
     history = trainer.fit(progress=True)

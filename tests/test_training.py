@@ -244,7 +244,7 @@ def _step_loss_and_grads(trainer, x):
     torch.manual_seed(3)  # the same eps for both precisions
     est = trainer.train_step(x, torch.arange(x.shape[0]))
     hook.remove()
-    grads = [p.grad.clone() for p in trainer._global_params if p.grad is not None]
+    grads = [p.grad.clone() for p in trainer.global_parameters if p.grad is not None]
     return est, grads, seen
 
 
@@ -284,7 +284,7 @@ def test_the_forward_that_ddp_and_compile_wrap_returns_the_estimators_fields(tmp
     wrapped as one module; its outputs must land in the right fields: with the score-function
     estimator the surrogate has the bound's values but carries the estimator's gradient."""
     from dgm.estimators import Estimate
-    from dgm.train.loop import _Objective
+    from dgm.methods.objective import Objective
 
     trainer = Trainer(small_config(**{"objective.estimator": "score"}), tmp_path / "run")
     x, index = trainer.data.x_test[:20], torch.arange(20)
@@ -296,7 +296,7 @@ def test_the_forward_that_ddp_and_compile_wrap_returns_the_estimators_fields(tmp
     torch.manual_seed(0)
     ref = trainer.estimator(trainer.model, trainer.posterior(x, index), x, 1.0)
     torch.manual_seed(0)
-    wrapped = _Objective(trainer.model, trainer.posterior, trainer.estimator)
+    wrapped = Objective(trainer.model, trainer.posterior, trainer.estimator)
     out = Estimate(*wrapped(x, index, 1.0))
     for name in ("bound", "surrogate", "log_lik", "kl"):
         assert torch.equal(getattr(out, name), getattr(ref, name)), name
@@ -308,7 +308,7 @@ def test_the_forward_that_ddp_and_compile_wrap_returns_the_estimators_fields(tmp
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("extra", [{}, {"objective.free_bits": 0.5}], ids=["plain", "free-bits"])
 def test_a_compiled_forward_is_the_eager_step(tmp_path, monkeypatch, request, extra):
-    """train.compile = true where the whole step cannot be compiled (dgm.train.step.supports
+    """train.compile = true where the whole step cannot be compiled (dgm.methods.compiled.supports
     says no; here patched so): torch.compile (inductor) of the training forward gives the eager
     step's bound and gradients to float32 rounding (inductor's own random numbers switched to
     torch's, so that both draw the same eps), in one graph: no graph break; with free bits too
@@ -316,7 +316,7 @@ def test_a_compiled_forward_is_the_eager_step(tmp_path, monkeypatch, request, ex
     import torch._inductor.config
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr("dgm.train.loop.whole_step_supported", lambda *args: False)
+    monkeypatch.setattr("dgm.methods.variational.whole_step_supported", lambda *args: False)
 
     # config.patch, not monkeypatch: inductor's config module undoes a setattr by deleting
     patch = torch._inductor.config.patch(fallback_random=True)
@@ -329,10 +329,12 @@ def test_a_compiled_forward_is_the_eager_step(tmp_path, monkeypatch, request, ex
     runs = {}
     for name, compile_ in (("compiled", True), ("eager", False)):
         trainer = Trainer(small_config(**{"train.compile": compile_, **extra}), tmp_path / name)
-        assert isinstance(trainer._forward, torch._dynamo.eval_frame.OptimizedModule) == compile_
+        assert (
+            isinstance(trainer.method.forward, torch._dynamo.eval_frame.OptimizedModule) == compile_
+        )
         torch.manual_seed(3)
         est = trainer.train_step(x, index)
-        grads = [p.grad.clone() for p in trainer._global_params if p.grad is not None]
+        grads = [p.grad.clone() for p in trainer.global_parameters if p.grad is not None]
         runs[name] = (est, grads)
     (eager, g_eager), (compiled, g_compiled) = runs["eager"], runs["compiled"]
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
@@ -343,7 +345,7 @@ def test_a_compiled_forward_is_the_eager_step(tmp_path, monkeypatch, request, ex
 
 
 def _adam_state(trainer):
-    return [trainer.optimizer.state[p] for p in trainer._global_params]
+    return [trainer.optimizer.state[p] for p in trainer.global_parameters]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -366,7 +368,7 @@ def _adam_state(trainer):
 )
 def test_the_whole_compiled_step_is_the_eager_step_and_adam(tmp_path, request, extra):
     """train.compile = true with a pathwise estimator: forward, gradient and check are one
-    compiled graph (dgm.train.step) before the fused Adam kernel, and three steps of it leave
+    compiled graph (dgm.methods.compiled) before the fused Adam kernel, and three steps of it leave
     the parameters and Adam's moments and counters where the eager step leaves them, to
     float32 rounding (inductor's random numbers switched to torch's); one graph, no break and
     no recompilation, though the KL weight changes every step under warm-up."""
@@ -381,7 +383,7 @@ def test_the_whole_compiled_step_is_the_eager_step_and_adam(tmp_path, request, e
     runs = {}
     for name, compile_ in (("compiled", True), ("eager", False)):
         trainer = Trainer(small_config(**{"train.compile": compile_, **extra}), tmp_path / name)
-        assert (trainer._whole_step is not None) == compile_
+        assert (trainer.method.whole_step is not None) == compile_
         torch.manual_seed(3)
         bounds = [trainer.train_step(x[i : i + 20], torch.arange(20)).bound for i in (0, 20, 40)]
         runs[name] = (bounds, trainer)
@@ -394,7 +396,7 @@ def test_the_whole_compiled_step_is_the_eager_step_and_adam(tmp_path, request, e
     # parameters agree to a small fraction of one step (lr) everywhere, and almost exactly
     # almost everywhere (the update itself is checked exactly in float64 below)
     lr = eager.config.train.lr
-    pairs = zip(compiled._global_params, eager._global_params, strict=True)
+    pairs = zip(compiled.global_parameters, eager.global_parameters, strict=True)
     diffs = torch.cat([(p - q).abs().flatten() for p, q in pairs])
     assert diffs.max() < 0.5 * lr and (diffs < 1e-3 * lr).float().mean() > 0.999
     for s, t in zip(_adam_state(compiled), _adam_state(eager), strict=True):
@@ -411,12 +413,12 @@ def test_the_whole_steps_update_is_torchs_adam_in_float64(tmp_path):
     relative."""
     import copy
 
-    from dgm.train.loop import _Objective
-    from dgm.train.optim import FusedAdam
-    from dgm.train.step import CompiledStep
+    from dgm.methods.compiled import CompiledStep
+    from dgm.methods.objective import Objective
+    from dgm.methods.optim import FusedAdam
 
     trainer = Trainer(small_config(), tmp_path / "run")
-    objective = _Objective(trainer.model, trainer.posterior, trainer.estimator).double()
+    objective = Objective(trainer.model, trainer.posterior, trainer.estimator).double()
     reference = copy.deepcopy(objective)
     hyper = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6}
     optimizer = FusedAdam(objective.parameters(), **hyper)
@@ -446,15 +448,15 @@ def test_the_whole_step_skips_a_non_finite_update_on_the_device(tmp_path):
     """A NaN in the batch makes the loss non-finite: the (uncompiled, same function) whole step
     leaves parameters, moments and counters as they were, and the trainer records the skipped
     step and the term at fault, as the eager path does; the next good step goes on."""
-    from dgm.train.step import CompiledStep
+    from dgm.methods.compiled import CompiledStep
 
     trainer = Trainer(small_config(**{"train.compile": True}), tmp_path / "run")
-    trainer._whole_step = CompiledStep(
-        trainer._forward, trainer._global_params, trainer.optimizer, compile=False
+    trainer.method.whole_step = CompiledStep(
+        trainer.method.forward, trainer.global_parameters, trainer.optimizer, compile=False
     )
     x = trainer.data.x_train[:20].clone()
     assert trainer.train_step(x, torch.arange(20)) is not None
-    before = [p.detach().clone() for p in trainer._global_params]
+    before = [p.detach().clone() for p in trainer.global_parameters]
     moments = [s["exp_avg_sq"].clone() for s in _adam_state(trainer)]
     x[3, 5] = float("nan")
     assert trainer.train_step(x, torch.arange(20)) is None
@@ -462,7 +464,7 @@ def test_the_whole_step_skips_a_non_finite_update_on_the_device(tmp_path):
         1,
         "expected log-likelihood E_q[log p(x|z)]",
     )
-    for p, q in zip(trainer._global_params, before, strict=True):
+    for p, q in zip(trainer.global_parameters, before, strict=True):
         assert torch.equal(p, q) and p.grad is None  # the bad gradients are not kept
     for s, m in zip(_adam_state(trainer), moments, strict=True):
         assert torch.equal(s["exp_avg_sq"], m) and float(s["step"]) == 1.0

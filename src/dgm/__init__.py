@@ -34,7 +34,7 @@ from dgm.models import (
 )
 from dgm.nn import MLP
 from dgm.objectives import ELBO, IWAE, Bound, Reconstruction, elbo, iwae
-from dgm.runs import Run, fit, load_data, load_run
+from dgm.runs import Run, fit, load_data, load_run, resume
 from dgm.variational import DeterministicEncoder, GaussianEncoder, LocalGaussian, PointMass
 
 __version__ = "0.1.0"
@@ -53,6 +53,7 @@ __all__ = [
     "fit",
     "load_data",
     "load_run",
+    "resume",
     "MLP",
     "PPCA",
     "Estimator",

@@ -194,7 +194,7 @@ class TrainConfig(_Section):
     # bfloat16, everything else and all evaluation in float32); see README for its measured effect
     precision: Literal["float32", "bfloat16"] = "float32"
     # torch.compile of the training step: forward, gradient (torch.func) and non-finite check as
-    # one graph before the fused Adam kernel, where dgm.train.step supports it (one process,
+    # one graph before the fused Adam kernel, where dgm.methods.compiled supports it (one process,
     # amortized, float32, a pathwise estimator), else the forward and so its backward; off by
     # default (it compiles for 8-30 s first); measured in README's "Speed"
     compile: bool = False

@@ -121,7 +121,7 @@ class BernoulliLogMass(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:  # noqa: ANN001
         # forward and setup_context apart: torch.func's transforms (the whole compiled step's
-        # grad_and_value, dgm.train.step) accept only this form
+        # grad_and_value, dgm.methods.compiled) accept only this form
         ctx.save_for_backward(*inputs)
 
     @staticmethod

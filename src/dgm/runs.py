@@ -15,6 +15,7 @@ gradient variance and the inference gaps. Loading a run builds no optimizer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,10 @@ from dgm.errors import CheckpointError, UsageError
 from dgm.estep import fit_local_posterior
 from dgm.estimators import ScoreFunction
 from dgm.evaluate import active_units, importance_log_likelihood, inference_gaps, posterior_mean
+from dgm.files import run_lock
 from dgm.gradvar import compare_estimators, warm_up_baseline
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
-from dgm.train.loop import resolve_device
+from dgm.train.data import resolve_device
 from dgm.variational import LocalGaussian
 
 ConfigLike = Config | dict[str, Any] | str | Path | None
@@ -74,6 +76,10 @@ class Run:
     epoch: int
     device: torch.device
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    #: the signal that stopped training after an epoch's checkpoint (None: it finished)
+    stop_signal: int | None = None
+    #: the number of torchrun processes that trained it here (1: one process)
+    world: int = 1
 
     @property
     def kind(self) -> str:
@@ -134,8 +140,16 @@ class Run:
     def gaps(self, k: int = 5000, limit: int | None = None, seed: int = 0, **options: Any):
         """The approximation and amortization gaps on the test set (Cremer et al. 2018): see
         :func:`dgm.evaluate.inference_gaps` for the options."""
-        if self.kind != "vae" or self.config.inference.kind != "amortized":
-            raise UsageError(f"{self.path}: the gaps need a VAE with an encoder")
+        if self.kind != "vae":
+            raise UsageError(
+                f"{self.path}: a '{self.kind}' run has no encoder whose gaps could be measured"
+            )
+        self._require_one_gaussian_layer("the amortization gap")
+        if self.config.inference.kind != "amortized":
+            raise UsageError(
+                f"{self.path}: the amortization gap needs a VAE with an encoder (inference.kind "
+                "= 'amortized')"
+            )
         torch.manual_seed(seed)
         x = self.data.x_test[:limit]
         return {
@@ -159,7 +173,10 @@ class Run:
         tables), after fitting the running and learned baselines for ``baseline_steps`` steps
         (see :mod:`dgm.gradvar`). Returns the summary that ``dgm gradvar --json`` prints."""
         if self.kind != "vae":
-            raise UsageError(f"{self.path}: a '{self.kind}' run has no variational posterior")
+            raise UsageError(
+                f"{self.path}: a '{self.kind}' run has no variational posterior to measure"
+            )
+        self._require_one_gaussian_layer("gradient variance")
         torch.manual_seed(seed)
         n = min(batch_size, self.data.x_train.shape[0])
         index = torch.arange(n, device=self.device)
@@ -214,6 +231,22 @@ class Run:
             dequantize=dc.dequantize,
         )
 
+    def _require_one_gaussian_layer(self, what: str) -> None:
+        """Gradient variance and the gaps are measured for one stochastic layer with a
+        diagonal-Gaussian q (the lecture's family): a q with a closed-form KL to the prior."""
+        if "closed_form_kl" in getattr(self.posterior, "provides", frozenset()):
+            return
+        m = self.config.model
+        family = (
+            f"posterior '{m.posterior}'"
+            if m.posterior != "gaussian"
+            else f"{1 + len(m.upper)} stochastic layers"
+        )
+        raise UsageError(
+            f"{self.path}: {what} is measured for one stochastic layer with a diagonal-Gaussian "
+            f"q; this run has {family}"
+        )
+
     def _test_posterior(self, x: torch.Tensor) -> nn.Module:
         if self.config.inference.kind != "local":
             return self.posterior.eval()
@@ -234,34 +267,99 @@ def fit(
     *,
     force: bool = False,
     progress: bool = False,
-    on_epoch: Any = None,
+    on_start: Callable[[Path], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop_on_signals: bool = False,
 ) -> Run:
     """Train a run from ``config`` (a :class:`Config`, nested dicts, a TOML path, or None for the
     defaults) on ``data`` (None: the config's data set) in the run directory ``out`` (None: a
-    new one under ``runs/``), and return it. ``on_epoch(metrics)`` is called after every epoch."""
+    new one under ``runs/``; ``force`` replaces a run already there), and return it.
+
+    ``on_start(run_dir)`` is called once the device and data are checked, before anything is
+    written; ``on_epoch(metrics)`` after every epoch. With ``stop_on_signals``, SIGINT/SIGTERM
+    stop the run after the current epoch's checkpoint (``Run.stop_signal`` says which). Under
+    torchrun every process calls it with the same ``out``; only rank 0 writes."""
     from dgm.train import Trainer  # the training core and its figures: only when training
-    from dgm.train.run import check_new_run, default_run_dir, prepare_new_run, train_run
+    from dgm.train.run import check_new_run, default_run_dir, is_main_process, prepare_new_run
 
     config = as_config(config)
+    main = is_main_process()
+    if out is None and not main:
+        raise UsageError("torchrun: give the run directory with --out (every rank needs it)")
     run_dir = Path(out) if out is not None else default_run_dir(config)
-    check_new_run(run_dir, force=force)
+    if main:
+        check_new_run(run_dir, force=force)
     if config.model.kind in CLASSICAL:
         from dgm.train.classical import run_classical
 
-        run_classical(config, run_dir, force=force)
+        if on_start is not None:
+            on_start(run_dir)
+        run_classical(config, run_dir, on_iter=on_epoch, force=force)
         return load_run(run_dir)
-    trainer = Trainer(config, run_dir, data=data)
-    prepare_new_run(config, run_dir, force=force)
-    trainer = train_run(config, run_dir, progress=progress, on_epoch=on_epoch, trainer=trainer)
+    trainer = Trainer(config, run_dir, data=data)  # device and data checked before any write
+    if on_start is not None:
+        on_start(run_dir)
+    if not main:  # distributed: rank 0 creates the run directory; the others only train
+        return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
+    with run_lock(run_dir):  # from here no other process creates, replaces or trains it
+        check_new_run(run_dir, force=force)  # again: another may have started meanwhile
+        prepare_new_run(config, run_dir, force=force)
+        return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
+
+
+def resume(
+    path: str | Path,
+    epochs: int | None = None,
+    *,
+    compile: bool | None = None,  # noqa: A002 (train.compile)
+    device: str | None = None,
+    progress: bool = False,
+    on_start: Callable[[Path], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop_on_signals: bool = False,
+) -> Run:
+    """Continue the run in ``path`` from its last checkpoint, exactly as if it had not stopped;
+    ``epochs`` extends a constant-rate run; ``compile`` and ``device`` change how it computes
+    from here on (:data:`dgm.config.RUNTIME_KEYS`)."""
+    from dgm.train import Trainer
+    from dgm.train.run import is_main_process, open_resume
+
+    run_dir = Path(path)
+    with run_lock(run_dir, create=False) if is_main_process() else nullcontext():
+        config = open_resume(run_dir, epochs)
+        if compile is not None:
+            config.train.compile = compile
+        if device is not None:
+            config.train.device = device
+        trainer = Trainer(config, run_dir)
+        if on_start is not None:
+            on_start(run_dir)
+        return _trained(trainer, config, run_dir, True, progress, on_epoch, stop_on_signals)
+
+
+def _trained(trainer, config, run_dir, resume, progress, on_epoch, stop_on_signals) -> Run:  # noqa: ANN001
+    from dgm.train.run import train_run
+
+    trainer = train_run(
+        config,
+        run_dir,
+        resume=resume,
+        progress=progress,
+        on_epoch=on_epoch,
+        trainer=trainer,
+        stop_on_signals=stop_on_signals,
+    )
     return Run(
         run_dir,
         config,
         trainer.model.eval(),
         trainer.posterior.eval(),
-        trainer.data if data is None else data.to(trainer.device),
+        trainer.data,
         trainer.epoch,
         trainer.device,
-        read_metrics(run_dir),
+        read_metrics(run_dir) if trainer.dist.is_main else [],
+        stop_signal=trainer.stop_signal,
+        world=trainer.dist.world,
     )
 
 

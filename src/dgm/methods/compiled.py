@@ -9,7 +9,7 @@ for non-finite gradients was a pass of its own. :class:`CompiledStep` compiles
 
 as one function, so that inductor fuses the elementwise work of the forward, the backward and
 the check around the matrix products, with no autograd engine at run time. The update stays
-torch's fused Adam kernel (:class:`dgm.train.optim.FusedAdam`), given ``bad`` as its
+torch's fused Adam kernel (:class:`dgm.methods.optim.FusedAdam`), given ``bad`` as its
 ``found_inf``: a non-finite step is skipped on the device, with parameters, moments and step
 counters left as they were, and the optimizer's state is the one ``torch.optim.Adam`` saves
 whichever path trained. (Adam written into the graph too was slower: inductor's loops over the
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad_and_value
 
-from dgm.train.optim import FusedAdam
+from dgm.methods.optim import FusedAdam
 
 
 def supports(estimator: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
@@ -37,9 +37,10 @@ def supports(estimator: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bo
 
 class CompiledStep:
     """``step(x, index, kl_weight) -> (bound, log_lik, kl, loss, bad)``: one training step of
-    ``objective`` (the trainer's ``_Objective``: returns bound, surrogate, log_lik, kl) that
-    updates ``params`` with ``optimizer`` (a :class:`FusedAdam`) unless the loss or a gradient
-    is not finite. ``bad`` is a () float32 tensor, 1.0 when the update was skipped."""
+    ``objective`` (a :class:`dgm.methods.objective.Objective`: returns bound, surrogate,
+    log_lik, kl) that updates ``params`` with ``optimizer`` (a :class:`FusedAdam`) unless the
+    loss or a gradient is not finite. ``bad`` is a () float32 tensor, 1.0 when the update
+    was skipped."""
 
     def __init__(
         self,

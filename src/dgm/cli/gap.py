@@ -1,0 +1,66 @@
+"""``dgm gap``: the approximation and amortization gaps of a run on test data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dgm.cli.common import pm
+from dgm.errors import UsageError
+from dgm.files import atomic_write_text
+from dgm.runs import load_run
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "gap",
+        help="approximation and amortization gaps on test data",
+        description="log p(x) (importance-sampled), the ELBO with the encoder's q, and the ELBO "
+        "after optimizing a q per test example from the encoder's (Cremer et al. 2018).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x)")
+    p.add_argument("--steps", type=int, default=500, help="Adam steps per test example's q")
+    p.add_argument("--lr", type=float, default=0.05, help="their learning rate (cosine-annealed)")
+    p.add_argument("--elbo-samples", type=int, default=1000, help="samples for each ELBO")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from dgm.plots import save_gap
+
+    if args.k < 1 or args.steps < 1 or args.elbo_samples < 1 or not args.lr > 0:
+        raise UsageError("--k, --steps, --elbo-samples and --lr must be positive")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
+    run_dir = Path(args.run_dir)
+    run_ = load_run(run_dir, device=args.device)
+    start = time.perf_counter()
+    result = run_.gaps(
+        k=args.k,
+        limit=args.limit,
+        seed=args.seed,
+        steps=args.steps,
+        lr=args.lr,
+        elbo_samples=args.elbo_samples,
+        on_stage=None if args.json else (lambda s: print(f"... {s}", flush=True)),
+    )
+    result["seconds"] = time.perf_counter() - start
+    atomic_write_text(run_dir / "gap.json", json.dumps(result, indent=2) + "\n")
+    save_gap(result, run_dir / "gap.png")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in ("log_likelihood", "elbo_optimized", "elbo_amortized"):
+            print(f"{key:<20} {result[key]:8.2f} {pm(result[key + '_stderr'])} nats")
+        for key in ("approximation_gap", "amortization_gap"):
+            print(f"{key:<20} {result[key]:8.2f} {pm(result[key + '_stderr'])} nats")
+        print(f"n = {result['n']}, k = {args.k}, {args.steps} steps; {result['seconds']:.0f} s")
+    return 0

@@ -1,0 +1,33 @@
+"""``dgm sample``: images from a trained run's model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dgm.errors import UsageError
+from dgm.runs import load_run
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("sample", help="draw x ~ p(x | z), z ~ p(z) from a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--out", metavar="FILE.png", help="output image (default RUN_DIR/samples.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from dgm.plots import save_grid
+
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: expected a positive number of samples")
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "samples.png"
+    run = load_run(run_dir, device=args.device)
+    save_grid(run.sample(args.n, seed=args.seed), out, run.data.image_shape)
+    print(out)
+    return 0
