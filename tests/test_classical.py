@@ -12,7 +12,7 @@ from torch.distributions import MultivariateNormal
 from dgm.errors import DGMError
 from dgm.evaluate import importance_log_likelihood
 from dgm.models import PPCA, GaussianMixture
-from dgm.models.gmm import _m_step
+from dgm.models.gmm import m_step
 from dgm.models.ppca import sample_moments
 
 f64 = torch.float64
@@ -250,6 +250,6 @@ def test_gmm_empty_component_and_too_few_points_are_clear_errors():
     resp = torch.zeros(50, 3, dtype=f64)
     resp[:, 0], resp[:25, 1], resp[:25, 0] = 1.0, 1.0, 0.0  # component 2 holds nothing
     with pytest.raises(DGMError, match=r"GMM component 2 is empty at EM iteration 7"):
-        _m_step(x, resp, "full", 1e-6, 7, 16)
+        m_step(x, resp, "full", 1e-6, 7, 16)
     with pytest.raises(DGMError, match="fewer than 3 distinct points"):
         GaussianMixture.fit_em(torch.ones(10, 2, dtype=f64).cumsum(0) % 2, 3)

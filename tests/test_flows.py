@@ -180,7 +180,7 @@ def test_planar_constraint(std):
     h = torch.randn(10_000, 6, dtype=F64)  # (B, C)
     u, w, _ = step.params(h).split([4, 4, 1], dim=-1)
     wu = (w * u).sum(-1)  # (B,)
-    u_hat, w_hat, _ = step._uwb(h)
+    u_hat, w_hat, _ = step.constrained(h)
     wu_hat = (u_hat * w_hat).sum(-1)  # (B,)
     torch.testing.assert_close(wu_hat, nn.functional.softplus(wu) - 1, atol=1e-9, rtol=1e-12)
     keep = wu > -30.0

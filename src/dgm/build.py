@@ -7,7 +7,7 @@ from torch import nn
 
 import dgm.registry as registry
 from dgm.baselines import Baseline, LearnedBaseline, LeaveOneOut, RunningMean
-from dgm.config import Config, ModelConfig, ObjectiveConfig, parse_posterior
+from dgm.config import CLASSICAL, Config, ModelConfig, ObjectiveConfig, parse_posterior
 from dgm.data import binarize_fixed, dequantize_fixed, load_dataset, to_unit_interval
 from dgm.data.arrays import Data
 from dgm.estimators import Estimator, Reparameterized, ScoreFunction
@@ -116,6 +116,12 @@ def build_posterior(
         for i, layer in enumerate(cfg.upper)
     ]
     return HierarchicalEncoder(net, nets, sizes)
+
+
+def fitted_by_em(config: Config) -> bool:
+    """Whether the config's model is fitted by exact EM (PPCA, the GMM: ``dgm.train.classical``)
+    rather than trained by a method on the training core."""
+    return config.model.kind in CLASSICAL
 
 
 def _posterior_class(config: Config) -> type:

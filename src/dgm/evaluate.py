@@ -16,8 +16,7 @@ from dgm.models import DeepLatentModel
 
 #: default number of (sample, example) pairs pushed through the networks at once: a chunk's
 #: decoder output (1,000 x 784 floats, 3 MB) stays in the CPU's cache and the Python work per
-#: chunk is still small; on the MNIST VAE with 2 threads 600-1,000 pairs took 1.8-1.9 times the
-#: matrix products' time, 1,500-2,048 pairs 1.65-2.2 times (noisier), 25,000 about 2.8 times
+#: chunk is still small (measured by ``benchmarks/eval_speed.py``)
 DEFAULT_PAIRS_PER_PASS = 1000
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 import dgm.build as build
-from dgm.config import CLASSICAL, Config, load_config, load_run_config, validate
+from dgm.config import Config, load_config, load_run_config, validate
 from dgm.data import TensorBatches, binarize_fixed, dequantize_fixed
 from dgm.data.arrays import Data
 from dgm.errors import CheckpointError, UsageError
@@ -83,7 +83,18 @@ class Run:
 
     @property
     def kind(self) -> str:
+        """``model.kind`` of the config (for display; the objects say what they can do)."""
         return self.config.model.kind
+
+    @property
+    def exact(self) -> bool:
+        """Whether the model's log p(x) and posterior are exact (PPCA, the GMM): no q."""
+        return self.posterior is None
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """What the run's q offers (see :mod:`dgm.variational`); empty for exact models."""
+        return getattr(self.posterior, "provides", frozenset())
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for images x (B, D): the encoder's, or (per-datapoint inference, held-out
@@ -108,7 +119,7 @@ class Run:
             raise UsageError(f"sample: n = {n}; expected a positive number of samples")
         if seed is not None:
             torch.manual_seed(seed)
-        if self.kind in CLASSICAL:
+        if self.exact:
             from dgm.train.classical import classical_samples
 
             return classical_samples(self.model, n)
@@ -124,12 +135,11 @@ class Run:
         if k < 1:
             raise UsageError(f"evaluate: k = {k}; expected a positive number of samples")
         x = self.data.x_test[:limit]
-        if self.kind in CLASSICAL:
+        if self.exact:
             from dgm.train.classical import test_log_likelihood
 
             return {**test_log_likelihood(self.model, x), "exact": True, "epoch": self.epoch}
-        if self.kind != "vae":
-            raise UsageError(f"{self.path}: a plain autoencoder has no likelihood to evaluate")
+        self._require_density("has no likelihood bound to evaluate")
         torch.manual_seed(seed)
         posterior = self._test_posterior(x)
         result = importance_log_likelihood(self.model, posterior, x, k, on_batch=on_batch)
@@ -140,12 +150,9 @@ class Run:
     def gaps(self, k: int = 5000, limit: int | None = None, seed: int = 0, **options: Any):
         """The approximation and amortization gaps on the test set (Cremer et al. 2018): see
         :func:`dgm.evaluate.inference_gaps` for the options."""
-        if self.kind != "vae":
-            raise UsageError(
-                f"{self.path}: a '{self.kind}' run has no encoder whose gaps could be measured"
-            )
+        self._require_density("has no encoder whose gaps could be measured")
         self._require_one_gaussian_layer("the amortization gap")
-        if self.config.inference.kind != "amortized":
+        if not getattr(self.posterior, "amortized", True):
             raise UsageError(
                 f"{self.path}: the amortization gap needs a VAE with an encoder (inference.kind "
                 "= 'amortized')"
@@ -172,10 +179,7 @@ class Run:
         estimates w.r.t. the encoder's parameters (or the batch's rows of the per-datapoint
         tables), after fitting the running and learned baselines for ``baseline_steps`` steps
         (see :mod:`dgm.gradvar`). Returns the summary that ``dgm gradvar --json`` prints."""
-        if self.kind != "vae":
-            raise UsageError(
-                f"{self.path}: a '{self.kind}' run has no variational posterior to measure"
-            )
+        self._require_density("has no variational posterior to measure")
         self._require_one_gaussian_layer("gradient variance")
         torch.manual_seed(seed)
         n = min(batch_size, self.data.x_train.shape[0])
@@ -186,7 +190,7 @@ class Run:
         elif self.config.data.dequantize:
             x = dequantize_fixed(x, seed)
         posterior = self.posterior.eval()
-        local = self.config.inference.kind == "local"
+        local = not getattr(posterior, "amortized", True)
         if local:  # only the batch's rows get a gradient: measure on a copy of those rows
             rows = LocalGaussian(n, posterior.latent_dim, sparse=False).to(self.device)
             with torch.no_grad():
@@ -231,6 +235,12 @@ class Run:
             dequantize=dc.dequantize,
         )
 
+    def _require_density(self, what: str) -> None:
+        """Refuse exact models and point-mass codes (the autoencoder) in one line."""
+        if "density" not in self.provides:
+            code = "an exact model" if self.exact else "a point-mass code (an autoencoder)"
+            raise UsageError(f"{self.path}: a '{self.kind}' run, {code}, {what}")
+
     def _require_one_gaussian_layer(self, what: str) -> None:
         """Gradient variance and the gaps are measured for one stochastic layer with a
         diagonal-Gaussian q (the lecture's family): a q with a closed-form KL to the prior."""
@@ -248,7 +258,7 @@ class Run:
         )
 
     def _test_posterior(self, x: torch.Tensor) -> nn.Module:
-        if self.config.inference.kind != "local":
+        if getattr(self.posterior, "amortized", True):
             return self.posterior.eval()
         ic = self.config.inference
         return fit_local_posterior(
@@ -289,7 +299,7 @@ def fit(
     run_dir = Path(out) if out is not None else default_run_dir(config)
     if main:
         check_new_run(run_dir, force=force)
-    if config.model.kind in CLASSICAL:
+    if build.fitted_by_em(config):
         from dgm.train.classical import run_classical
 
         if on_start is not None:
@@ -378,7 +388,7 @@ def load_run(
         config.train.device = device
     dev = resolve_device(config.train.device)
     data = build.build_data(config, dev) if data is None else data.to(dev)
-    if config.model.kind in CLASSICAL:
+    if build.fitted_by_em(config):
         from dgm.train.classical import WEIGHTS, load_classical
 
         model = load_classical(config, path / WEIGHTS).to(dev)
@@ -404,6 +414,10 @@ def initial_run(config: ConfigLike = None, device: str | None = None) -> Run:
     seed and initialization, the decoder's output bias from the data's mean): for measuring
     gradient estimators before training. It has no directory (``path`` is the config's name)."""
     config = as_config(config)
+    if build.fitted_by_em(config):
+        raise UsageError(
+            f"model.kind = '{config.model.kind}' is fitted by exact EM: no q to measure"
+        )
     if device is not None:
         config.train.device = device
     dev = resolve_device(config.train.device)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from dgm.cli.common import pm
-from dgm.config import CLASSICAL
 from dgm.errors import UsageError
 from dgm.runs import load_run
 
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
     run_dir = Path(args.run_dir)
     run = load_run(run_dir, device=args.device)
-    if run.kind in CLASSICAL:
+    if run.exact:
         summary = run.evaluate(limit=args.limit)
         if args.json:
             print(json.dumps(summary))
@@ -48,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
                 f"{summary['test_bits_per_dim']:.3f} bits/dim"
             )
         return 0
-    if run.kind != "vae":
-        raise UsageError(f"{run_dir}: a plain autoencoder has no likelihood bound to evaluate")
     n = run.data.x_test[: args.limit].shape[0]
     start = time.perf_counter()
     with tqdm(total=n, disable=args.json or args.quiet, desc=f"log p(x), k={args.k}") as bar:

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dgm.build import fitted_by_em
 from dgm.cli.common import pm
-from dgm.config import CLASSICAL, RUNTIME_KEYS, load_config, parse_value
+from dgm.config import RUNTIME_KEYS, load_config, parse_value
 from dgm.errors import UsageError
 from dgm.registry import ESTIMATORS
 
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             shutdown(wait=finished)  # every rank waits for rank 0's figures
         return report(result, start, main)
     config = load_config(args.config, values)
-    if config.model.kind in CLASSICAL:
+    if fitted_by_em(config):
         return train_classical(args, config)
     finished = False
     try:

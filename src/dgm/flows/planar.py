@@ -19,7 +19,9 @@ class PlanarStep(nn.Module):
         self.d = latent_dim
         self.params = nn.Linear(context_dim, 2 * latent_dim + 1)
 
-    def _uwb(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def constrained(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(u_hat, w, b) from the context h (B, C): u constrained so that w^T u_hat > -1, which
+        keeps the step invertible (Rezende and Mohamed 2015, appendix A)."""
         u, w, b = self.params(h).split([self.d, self.d, 1], dim=-1)  # (B, d), (B, d), (B, 1)
         wu = (w * u).sum(-1, keepdim=True)  # (B, 1)
         w_sq = (w * w).sum(-1, keepdim=True).clamp_min(1e-12)
@@ -27,7 +29,7 @@ class PlanarStep(nn.Module):
         return u_hat, w, b.squeeze(-1)
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u_hat, w, b = self._uwb(h)
+        u_hat, w, b = self.constrained(h)
         a = (z * w).sum(-1) + b  # (K, B)
         t = torch.tanh(a)
         z_new = z + u_hat * t.unsqueeze(-1)  # (K, B, d)
@@ -38,7 +40,7 @@ class PlanarStep(nn.Module):
     def inverse(self, z_new: torch.Tensor, h: torch.Tensor, iters: int = 100) -> torch.Tensor:
         """Solve w^T z' = alpha + (w^T u_hat) tanh(alpha + b) for alpha = w^T z by bisection (the
         left side is increasing in alpha), then z = z' - u_hat tanh(alpha + b)."""
-        u_hat, w, b = self._uwb(h)
+        u_hat, w, b = self.constrained(h)
         wz, wu = (z_new * w).sum(-1), (u_hat * w).sum(-1)  # (K, B), (B,)
         lo, hi = wz - wu.abs() - 1.0, wz + wu.abs() + 1.0
         for _ in range(iters):

@@ -12,8 +12,8 @@ the check around the matrix products, with no autograd engine at run time. The u
 torch's fused Adam kernel (:class:`dgm.methods.optim.FusedAdam`), given ``bad`` as its
 ``found_inf``: a non-finite step is skipped on the device, with parameters, moments and step
 counters left as they were, and the optimizer's state is the one ``torch.optim.Adam`` saves
-whichever path trained. (Adam written into the graph too was slower: inductor's loops over the
-moments took about three times the fused kernel's 0.28 ms at batch 20.)
+whichever path trained. (Adam written into the graph too was slower than the fused kernel; see
+``benchmarks/compile_speed.py``.)
 
 It applies to functional estimators (reparameterized, STL, DReG) on amortized posteriors, in
 float32, in one process: :func:`supports` says when; elsewhere ``train.compile`` compiles the

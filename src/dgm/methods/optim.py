@@ -2,8 +2,8 @@ r"""Adam with one fused kernel per step, and a one-pass check for non-finite gra
 
 ``torch.optim.Adam(fused=True)`` already updates every parameter in one kernel, but each step
 first walks the parameter list in Python (``_init_group``: state look-ups, list building, checks),
-about 0.2 ms a step for a 10-tensor model on the CPU: 4% of a batch-128 step of the
-pytorch/examples VAE, 8% of a batch-20 step of the IWAE paper's. :class:`FusedAdam` keeps the
+a noticeable share of a small model's step on the CPU (``benchmarks/throughput.py``).
+:class:`FusedAdam` keeps the
 lists of parameters, moments and step counters once the state exists and calls the same kernel
 (``torch._fused_adam_``, what ``torch.optim.Adam`` itself calls) directly; the state dict, and so
 every checkpoint, is the one ``torch.optim.Adam`` writes and reads.
@@ -54,10 +54,14 @@ class FusedAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, fused=True)
         self._lists: list[tuple[list, list, list, list]] | None = None
 
+    @property
+    def fast_path(self) -> bool:
+        """Whether the last step ran the fused kernel over the cached tensor lists."""
+        return self._lists is not None
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``torch.optim.Adam.zero_grad``; with ``set_to_none`` (the default) a plain loop,
-        without the profiler range and the ``torch.compile`` guard that torch's adds (about
-        20 us a step here for 10 tensors)."""
+        without the profiler range and the ``torch.compile`` guard that torch's adds."""
         if not set_to_none:
             super().zero_grad(set_to_none=False)
             return

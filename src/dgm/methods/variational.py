@@ -56,8 +56,7 @@ class VariationalMethod(Method):
         if not self.local:
             global_params += list(self.posterior.parameters())
         self.global_parameters = global_params
-        # fused: one kernel for all parameters; on the CPU the default is a per-tensor Python
-        # loop, 30% of a batch-20 step of the IWAE paper's model (2.3 vs 3.1 ms per step)
+        # fused: one kernel for all parameters (on the CPU torch's default is a per-tensor loop)
         self.optimizer = FusedAdam(global_params, lr=tc.lr, betas=tc.betas, eps=tc.eps)
         self._found_inf = torch.zeros((), device=device)  # set when a gradient is not finite
         # the per-datapoint tables: lazy (sparse) Adam touches only the rows in the batch

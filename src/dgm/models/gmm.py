@@ -213,7 +213,7 @@ class GaussianMixture(nn.Module):
         centres = seed_centres(x, n_components, init, g, chunk_size)
         labels = lloyd(x, centres, lloyd_iter, chunk_size)
         resp = nn.functional.one_hot(labels, n_components).double()  # (N, K)
-        model = _m_step(x, resp, covariance_type, reg_covar, 0, chunk_size)
+        model = m_step(x, resp, covariance_type, reg_covar, 0, chunk_size)
         history: list[float] = []
         for t in range(max_iter + 1):
             resp, ll = model._e_step(x, chunk_size)
@@ -222,7 +222,7 @@ class GaussianMixture(nn.Module):
                 on_iter(t, ll)
             if t == max_iter or (t > 0 and abs(history[-1] - history[-2]) < tol):
                 break
-            model = _m_step(x, resp, covariance_type, reg_covar, t + 1, chunk_size)
+            model = m_step(x, resp, covariance_type, reg_covar, t + 1, chunk_size)
         return model, history
 
     def _e_step(self, x: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, float]:
@@ -237,7 +237,7 @@ class GaussianMixture(nn.Module):
         return resp, total / x.shape[0]
 
 
-def _m_step(
+def m_step(
     x: torch.Tensor,
     resp: torch.Tensor,
     covariance_type: CovarianceType,

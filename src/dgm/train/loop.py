@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from dgm.config import CLASSICAL, Config
+from dgm.build import fitted_by_em
+from dgm.config import Config
 from dgm.errors import UsageError
 from dgm.estimators import Estimate
 from dgm.methods.variational import VariationalMethod
@@ -33,7 +34,7 @@ class Trainer(TrainingCore):
     method: VariationalMethod
 
     def __init__(self, config: Config, run_dir: Path, data: Data | None = None) -> None:
-        if config.model.kind in CLASSICAL:
+        if fitted_by_em(config):
             raise UsageError(
                 f"model.kind = '{config.model.kind}' is fitted by EM (dgm.train.classical), "
                 "not by the VB trainer"

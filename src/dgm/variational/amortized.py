@@ -22,7 +22,7 @@ class GaussianEncoder(nn.Module):
     """
 
     #: what q offers the estimators (see dgm.estimators.base.Estimator)
-    provides = frozenset({"rsample", "log_prob", "closed_form_kl"})
+    provides = frozenset({"rsample", "density", "log_prob", "closed_form_kl"})
 
     def __init__(self, net: nn.Module, latent_dim: int) -> None:
         super().__init__()
@@ -64,7 +64,7 @@ class HierarchicalEncoder(nn.Module):
     """
 
     #: what q offers the estimators (see dgm.estimators.base.Estimator)
-    provides = frozenset({"rsample", "log_prob"})
+    provides = frozenset({"rsample", "density", "log_prob"})
 
     def __init__(self, net: nn.Module, nets: list[nn.Module], sizes: list[int]) -> None:
         super().__init__()

@@ -81,7 +81,7 @@ class FlowEncoder(nn.Module):
     parameters. ``forward(x, index)`` returns a :class:`FlowPosterior` (batch (B,), event (d,))."""
 
     #: what q offers the estimators (see dgm.estimators.base.Estimator)
-    provides = frozenset({"rsample"})
+    provides = frozenset({"rsample", "density"})
 
     def __init__(self, trunk: nn.Module, context_dim: int, latent_dim: int, steps: nn.ModuleList):
         super().__init__()

@@ -32,7 +32,9 @@ class LocalGaussian(nn.Module):
     """
 
     #: what q offers the estimators (see dgm.estimators.base.Estimator)
-    provides = frozenset({"rsample", "log_prob", "closed_form_kl"})
+    provides = frozenset({"rsample", "density", "log_prob", "closed_form_kl"})
+    #: a table of rows for the training examples, not a function of x: held-out x need an E-step
+    amortized = False
 
     def __init__(
         self,
