@@ -25,6 +25,13 @@ Peak memory is each system's own: it is measured in a fresh subprocess that trai
 water mark, else over its whole life; with --device cuda, torch.cuda.max_memory_allocated).
 
     python benchmarks/throughput.py --device cuda --rounds 5    # every system on the GPU
+
+Two versions of dgm in one process, interleaved like the other systems (``--versus ROOT`` adds
+ROOT/src/dgm's eager and compiled systems; ``git worktree add /tmp/before REV`` makes a ROOT):
+
+    python benchmarks/throughput.py --rounds 9 --no-memory --only "dgm, compiled" \
+        --only "dgm (versus)" --only "dgm, compiled (versus)" --versus /tmp/before \
+        --reference "dgm (versus)"
 """
 
 from __future__ import annotations
@@ -73,7 +80,29 @@ def batches(x: torch.Tensor, g: torch.Generator):
 # -- systems: each is (train_one_epoch(), test_elbo()) ------------------------------------------
 
 
-def dgm_system(x, x_test, precision: str = "float32", compile_: bool = False):
+def other_checkout(root: Path):
+    """dgm from another checkout (ROOT/src/dgm), imported beside this one as ``dgm_other``: a
+    copy of its package with its own imports renamed, in a temporary directory, so that both
+    versions train in one process, interleaved round by round (``--versus ROOT``)."""
+    import importlib
+    import re
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="dgm-other-"))
+    shutil.copytree(
+        root / "src" / "dgm", tmp / "dgm_other", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    pattern = re.compile(r"\bdgm(?=\.[a-z_]|\s+import\b)")
+    for f in (tmp / "dgm_other").rglob("*.py"):
+        f.write_text(pattern.sub("dgm_other", f.read_text()))
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("dgm_other.config"), importlib.import_module(
+        "dgm_other.train.loop"
+    )
+
+
+def dgm_system(x, x_test, precision: str = "float32", compile_: bool = False, other=None):
     overrides = {
         "train.precision": precision,
         "train.compile": compile_,
@@ -87,9 +116,10 @@ def dgm_system(x, x_test, precision: str = "float32", compile_: bool = False):
         "train.eval_batch_size": 10_000,
         "train.device": str(DEVICE),
     }
-    config = load_config(None, overrides)
-    data = Data(x, x_test, (28, 28))  # already binary: static binarization of 0/1 is a no-op
-    trainer = Trainer(config, Path("unused"), data=data)
+    config_module, loop = other if other is not None else (None, None)
+    config = (config_module.load_config if other else load_config)(None, overrides)
+    data = (loop.Data if other else Data)(x, x_test, (28, 28))  # binary: static is a no-op
+    trainer = (loop.Trainer if other else Trainer)(config, Path("unused"), data=data)
     return trainer.train_epoch, lambda: trainer.evaluate()["test_elbo"]
 
 
@@ -359,7 +389,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference", default="dgm", metavar="SYSTEM", help="the system the ratios are against"
     )
+    parser.add_argument(
+        "--versus",
+        type=Path,
+        metavar="ROOT",
+        help="also 'dgm (versus)' and 'dgm, compiled (versus)': another checkout's dgm, in this "
+        "process (e.g. a git worktree of an earlier commit)",
+    )
     args = parser.parse_args(argv)
+    if args.versus:
+        other = other_checkout(args.versus)
+        SYSTEMS["dgm (versus)"] = lambda x, t: dgm_system(x, t, other=other)
+        SYSTEMS["dgm, compiled (versus)"] = lambda x, t: dgm_system(
+            x, t, compile_=True, other=other
+        )
     torch.set_num_threads(args.threads)
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -415,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results[name] = {
             "images_per_s": ips,
+            "round_images_per_s": times[name],
             "ratio_to_dgm": ips / ref_ips,
             "paired_ratio_to_dgm": statistics.median(paired),
             "paired_speedup_quartiles": [q1, q3],

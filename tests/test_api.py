@@ -94,3 +94,19 @@ def test_data_from_arrays_trains_with_fit(tmp_path):
         dgm.Data.from_arrays(train, torch.zeros(5, 7, 7))
     with pytest.raises(dgm.DataError, match="floats in"):
         dgm.Data.from_arrays(train * 2, test)
+
+
+def test_eval_by_ais_and_bdmc_from_the_cli(cli_run, capsys):
+    """``dgm eval --method ais`` gives a finite lower bound per test image with its error and
+    HMC's acceptance; ``--method bdmc`` brackets simulated data (lower below upper)."""
+    import json
+
+    argv = ["eval", str(cli_run), "--steps", "30", "--chains", "2", "--json"]
+    assert main([*argv, "--method", "ais", "--limit", "20"]) == 0
+    ais = json.loads(capsys.readouterr().out)
+    assert ais["n"] == 20 and ais["method"] == "ais" and ais["steps"] == 30
+    assert -300 < ais["log_likelihood"] < 0 and 0 < ais["acceptance"] <= 1
+    assert (cli_run / "eval-ais-t30-c2.json").exists()
+    assert main([*argv, "--method", "bdmc", "--n", "10"]) == 0
+    bd = json.loads(capsys.readouterr().out)
+    assert bd["n"] == 10 and bd["gap"] > -4 * bd["gap_stderr"]

@@ -3,9 +3,10 @@
 The pieces of the lecture, each one object: a generative model p_theta(x, z) (``dgm.models``), a
 variational family q_phi(z | x) (``dgm.variational``), a bound over log-weights
 (``dgm.objectives``) and a gradient estimator (``dgm.estimators``). ``dgm.fit`` trains a run from
-a configuration and ``dgm.load_run`` loads one (``dgm.runs``).
+a configuration and ``dgm.load_run`` loads one (``dgm.api``, ``dgm.runs``).
 """
 
+from dgm.api import fit, load_data, load_run, resume
 from dgm.baselines import LearnedBaseline, LeaveOneOut, RunningMean
 from dgm.config import Config, load_config
 from dgm.data import Data, TensorBatches
@@ -34,7 +35,7 @@ from dgm.models import (
 )
 from dgm.nn import MLP
 from dgm.objectives import ELBO, IWAE, Bound, Reconstruction, elbo, iwae
-from dgm.runs import Run, fit, load_data, load_run, resume
+from dgm.runs import Run
 from dgm.variational import DeterministicEncoder, GaussianEncoder, LocalGaussian, PointMass
 
 __version__ = "0.1.0"

@@ -1,21 +1,15 @@
-r"""The public Python API: train a run, load one, and use what it learned.
-
-    >>> import dgm
-    >>> run = dgm.fit({"train": {"epochs": 1}}, out="runs/first")      # doctest: +SKIP
-    >>> run = dgm.load_run("runs/first")                                 # doctest: +SKIP
-    >>> run.evaluate(k=100)["log_likelihood"]                            # doctest: +SKIP
-    >>> images = run.sample(16)                                          # doctest: +SKIP
+r"""A trained run as Python sees it: :class:`Run`, made by :func:`dgm.fit`, :func:`dgm.resume`
+and :func:`dgm.load_run` (:mod:`dgm.api`).
 
 A :class:`Run` holds a run directory's configuration, the trained model p_theta(x, z) and
 posterior q_phi(z | x) (``torch.distributions`` in, ``torch.distributions`` out), the test split
-with its labels, and methods to evaluate, sample, encode, decode and reconstruct, and to measure
-gradient variance and the inference gaps. Loading a run builds no optimizer.
+with its labels, and methods to evaluate (importance sampling, AIS, BDMC), sample, encode, decode
+and reconstruct, and to measure gradient variance and the inference gaps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,43 +19,16 @@ from torch import nn
 from torch.distributions import Distribution
 
 import dgm.build as build
-from dgm.config import Config, load_config, load_run_config, validate
+from dgm.ais import AISResult, ais_log_likelihood, bdmc
+from dgm.config import Config
 from dgm.data import TensorBatches, binarize_fixed, dequantize_fixed
 from dgm.data.arrays import Data
-from dgm.errors import CheckpointError, UsageError
+from dgm.errors import UsageError
 from dgm.estep import fit_local_posterior
 from dgm.estimators import ScoreFunction
 from dgm.evaluate import active_units, importance_log_likelihood, inference_gaps, posterior_mean
-from dgm.files import run_lock
 from dgm.gradvar import compare_estimators, warm_up_baseline
-from dgm.train.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
-from dgm.train.data import resolve_device
 from dgm.variational import LocalGaussian
-
-ConfigLike = Config | dict[str, Any] | str | Path | None
-
-
-def as_config(config: ConfigLike) -> Config:
-    """A :class:`Config` from a Config, nested dicts, a TOML path, or None (the defaults)."""
-    if isinstance(config, Config):
-        return config
-    if isinstance(config, dict):
-        return validate(config)
-    return load_config(config)
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The complete lines of a run's ``metrics.jsonl`` (see dgm.train.run.read_metrics)."""
-    from dgm.train.run import read_metrics as read
-
-    return read(run_dir)
-
-
-def load_data(config: ConfigLike = None, device: torch.device | str = "cpu") -> Data:
-    """The data set of ``config`` (None: the defaults, the MNIST that ships with dgm) as a run
-    sees it: training images as grey levels, the test images binarized once with a fixed seed
-    (or dequantized), and the test labels."""
-    return build.build_data(as_config(config), device)
 
 
 @dataclass
@@ -146,6 +113,48 @@ class Run:
         summary: dict[str, Any] = {**result.summary(), "epoch": self.epoch}
         summary.update(active_units(posterior, x))
         return summary
+
+    def evaluate_ais(
+        self,
+        steps: int = 1000,
+        chains: int = 16,
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 100,
+        on_batch: Callable[[int], None] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """The test set's log p(x) by annealed importance sampling from the prior with HMC
+        (:func:`dgm.ais.ais_log_likelihood`: ``steps`` temperatures, ``chains`` chains), in
+        batches of ``batch_size`` examples; a stochastic lower bound, tighter than the
+        importance-sampled one for enough steps."""
+        self._require_decoder()
+        torch.manual_seed(seed)
+        x = self.data.x_test[:limit]
+        parts, acceptance = [], 0.0
+        for start in range(0, x.shape[0], batch_size):
+            r = ais_log_likelihood(
+                self.model.eval(), x[start : start + batch_size], steps, chains, **options
+            )
+            parts.append(r.log_likelihood)
+            acceptance += r.acceptance * r.log_likelihood.numel()
+            if on_batch is not None:
+                on_batch(start + r.log_likelihood.numel())
+        result = AISResult(torch.cat(parts), steps, chains, acceptance / x.shape[0], "forward")
+        return {**result.summary(), "method": "ais", "epoch": self.epoch}
+
+    def bdmc(
+        self, n: int = 100, steps: int = 1000, chains: int = 16, seed: int = 0, **options: Any
+    ) -> dict[str, Any]:
+        """Bidirectional Monte Carlo (Grosse et al. 2015) on ``n`` examples simulated from the
+        model: AIS's lower and reverse AIS's upper bound on their log p(x), and the gap."""
+        self._require_decoder()
+        torch.manual_seed(seed)
+        return {**bdmc(self.model.eval(), n, steps, chains, **options), "epoch": self.epoch}
+
+    def _require_decoder(self) -> None:
+        if self.exact:
+            raise UsageError(f"{self.path}: a '{self.kind}' run has an exact log p(x): use IS")
 
     def gaps(self, k: int = 5000, limit: int | None = None, seed: int = 0, **options: Any):
         """The approximation and amortization gaps on the test set (Cremer et al. 2018): see
@@ -268,164 +277,3 @@ class Run:
             lr=ic.test_lr,
             batch_size=self.config.train.eval_batch_size,
         )
-
-
-def fit(
-    config: ConfigLike = None,
-    data: Data | None = None,
-    out: str | Path | None = None,
-    *,
-    force: bool = False,
-    progress: bool = False,
-    on_start: Callable[[Path], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    stop_on_signals: bool = False,
-) -> Run:
-    """Train a run from ``config`` (a :class:`Config`, nested dicts, a TOML path, or None for the
-    defaults) on ``data`` (None: the config's data set) in the run directory ``out`` (None: a
-    new one under ``runs/``; ``force`` replaces a run already there), and return it.
-
-    ``on_start(run_dir)`` is called once the device and data are checked, before anything is
-    written; ``on_epoch(metrics)`` after every epoch. With ``stop_on_signals``, SIGINT/SIGTERM
-    stop the run after the current epoch's checkpoint (``Run.stop_signal`` says which). Under
-    torchrun every process calls it with the same ``out``; only rank 0 writes."""
-    from dgm.train import Trainer  # the training core and its figures: only when training
-    from dgm.train.run import check_new_run, default_run_dir, is_main_process, prepare_new_run
-
-    config = as_config(config)
-    main = is_main_process()
-    if out is None and not main:
-        raise UsageError("torchrun: give the run directory with --out (every rank needs it)")
-    run_dir = Path(out) if out is not None else default_run_dir(config)
-    if main:
-        check_new_run(run_dir, force=force)
-    if build.fitted_by_em(config):
-        from dgm.train.classical import run_classical
-
-        if on_start is not None:
-            on_start(run_dir)
-        run_classical(config, run_dir, on_iter=on_epoch, force=force)
-        return load_run(run_dir)
-    trainer = Trainer(config, run_dir, data=data)  # device and data checked before any write
-    if on_start is not None:
-        on_start(run_dir)
-    if not main:  # distributed: rank 0 creates the run directory; the others only train
-        return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
-    with run_lock(run_dir):  # from here no other process creates, replaces or trains it
-        check_new_run(run_dir, force=force)  # again: another may have started meanwhile
-        prepare_new_run(config, run_dir, force=force)
-        return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
-
-
-def resume(
-    path: str | Path,
-    epochs: int | None = None,
-    *,
-    compile: bool | None = None,  # noqa: A002 (train.compile)
-    device: str | None = None,
-    progress: bool = False,
-    on_start: Callable[[Path], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    stop_on_signals: bool = False,
-) -> Run:
-    """Continue the run in ``path`` from its last checkpoint, exactly as if it had not stopped;
-    ``epochs`` extends a constant-rate run; ``compile`` and ``device`` change how it computes
-    from here on (:data:`dgm.config.RUNTIME_KEYS`)."""
-    from dgm.train import Trainer
-    from dgm.train.run import is_main_process, open_resume
-
-    run_dir = Path(path)
-    with run_lock(run_dir, create=False) if is_main_process() else nullcontext():
-        config = open_resume(run_dir, epochs)
-        if compile is not None:
-            config.train.compile = compile
-        if device is not None:
-            config.train.device = device
-        trainer = Trainer(config, run_dir)
-        if on_start is not None:
-            on_start(run_dir)
-        return _trained(trainer, config, run_dir, True, progress, on_epoch, stop_on_signals)
-
-
-def _trained(trainer, config, run_dir, resume, progress, on_epoch, stop_on_signals) -> Run:  # noqa: ANN001
-    from dgm.train.run import train_run
-
-    trainer = train_run(
-        config,
-        run_dir,
-        resume=resume,
-        progress=progress,
-        on_epoch=on_epoch,
-        trainer=trainer,
-        stop_on_signals=stop_on_signals,
-    )
-    return Run(
-        run_dir,
-        config,
-        trainer.model.eval(),
-        trainer.posterior.eval(),
-        trainer.data,
-        trainer.epoch,
-        trainer.device,
-        read_metrics(run_dir) if trainer.dist.is_main else [],
-        stop_signal=trainer.stop_signal,
-        world=trainer.dist.world,
-    )
-
-
-def load_run(
-    path: str | Path,
-    device: str | None = None,
-    data: Data | None = None,
-    checkpoint: str | Path | None = None,
-) -> Run:
-    """The run in ``path`` with its latest checkpoint's weights (or ``checkpoint``'s), for
-    evaluation and sampling; no optimizer is built. ``data``: the run's own data when it was
-    trained on arrays (:meth:`Data.from_arrays`); else the config's data set is loaded."""
-    path = Path(path)
-    config = load_run_config(path / "config.json")  # a one-line error if it is not a run
-    if device is not None:
-        config.train.device = device
-    dev = resolve_device(config.train.device)
-    data = build.build_data(config, dev) if data is None else data.to(dev)
-    if build.fitted_by_em(config):
-        from dgm.train.classical import WEIGHTS, load_classical
-
-        model = load_classical(config, path / WEIGHTS).to(dev)
-        return Run(path, config, model, None, data, 0, dev, read_metrics(path))
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    ckpt_path = ckpt_path or latest_checkpoint(path / "checkpoints")
-    if ckpt_path is None:
-        raise CheckpointError(f"{path / 'checkpoints'}: no complete checkpoint to load")
-    ckpt = load_checkpoint(ckpt_path)
-    data_dim, n_train = data.x_train.shape[1], data.x_train.shape[0]
-    torch.manual_seed(config.train.seed)
-    model = build.build_model(config.model, data_dim).to(dev)
-    posterior = build.build_posterior(config, data_dim, n_train).to(dev)
-    load_module_state(model, ckpt.modules["model"], ckpt_path)
-    load_module_state(posterior, ckpt.modules["posterior"], ckpt_path)
-    return Run(
-        path, config, model.eval(), posterior.eval(), data, ckpt.epoch, dev, read_metrics(path)
-    )
-
-
-def initial_run(config: ConfigLike = None, device: str | None = None) -> Run:
-    """A run of ``config`` at initialization, untrained, as ``dgm train`` would start it (the same
-    seed and initialization, the decoder's output bias from the data's mean): for measuring
-    gradient estimators before training. It has no directory (``path`` is the config's name)."""
-    config = as_config(config)
-    if build.fitted_by_em(config):
-        raise UsageError(
-            f"model.kind = '{config.model.kind}' is fitted by exact EM: no q to measure"
-        )
-    if device is not None:
-        config.train.device = device
-    dev = resolve_device(config.train.device)
-    data = build.build_data(config, dev)
-    data_dim, n_train = data.x_train.shape[1], data.x_train.shape[0]
-    torch.manual_seed(config.train.seed)
-    model = build.build_model(config.model, data_dim).to(dev)
-    posterior = build.build_posterior(config, data_dim, n_train).to(dev)
-    if config.model.init_output_bias:
-        model.init_output_bias(data.x_train.mean(0))
-    return Run(Path("initial"), config, model.eval(), posterior.eval(), data, 0, dev)

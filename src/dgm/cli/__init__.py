@@ -2,7 +2,7 @@
 
 One module per command (``train``, ``eval``, ``gradvar``, ``gap``, ``sample``), each with
 ``add_parser(subparsers)`` and ``run(args) -> exit code``; each parses, calls the public API
-(:mod:`dgm.runs`) and prints.
+(:mod:`dgm.api`, :mod:`dgm.runs`) and prints.
 """
 
 from __future__ import annotations

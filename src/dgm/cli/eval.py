@@ -8,15 +8,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dgm.api import load_run
 from dgm.cli.common import pm
 from dgm.errors import UsageError
-from dgm.runs import load_run
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--k", type=int, default=5000, help="importance samples per example")
+    p.add_argument(
+        "--method",
+        choices=("is", "ais", "bdmc"),
+        default="is",
+        help="is: importance sampling from q (default); ais: annealed importance sampling from "
+        "the prior with HMC; bdmc: AIS's lower and reverse AIS's upper bound on simulated data",
+    )
+    p.add_argument("--k", type=int, default=5000, help="is: importance samples per example")
+    p.add_argument("--steps", type=int, default=1000, help="ais, bdmc: intermediate distributions")
+    p.add_argument("--chains", type=int, default=16, help="ais, bdmc: chains per example")
+    p.add_argument("--n", type=int, default=100, help="bdmc: examples simulated from the model")
     p.add_argument("--limit", type=int, default=None, help="only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="override the run's device")
@@ -47,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{summary['test_bits_per_dim']:.3f} bits/dim"
             )
         return 0
+    if args.method != "is":
+        return run_ais(args, run, run_dir)
     n = run.data.x_test[: args.limit].shape[0]
     start = time.perf_counter()
     with tqdm(total=n, disable=args.json or args.quiet, desc=f"log p(x), k={args.k}") as bar:
@@ -68,6 +80,48 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"active units         {summary['active_units']} of {summary['latent_units']}"
             f"{per_layer} (Var_x E_q[z_u] > 0.01)"
+        )
+        print(f"time                 {summary['seconds']:.1f} s")
+    return 0
+
+
+def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
+    from tqdm.auto import tqdm
+
+    from dgm.files import atomic_write_text
+
+    if args.steps < 1 or args.chains < 1 or args.n < 1:
+        raise UsageError("--steps, --chains and --n must be positive")
+    start = time.perf_counter()
+    if args.method == "bdmc":
+        summary = run.bdmc(args.n, args.steps, args.chains, args.seed)
+    else:
+        n = run.data.x_test[: args.limit].shape[0]
+        desc = f"AIS, {args.steps} steps x {args.chains} chains"
+        with tqdm(total=n, disable=args.json or args.quiet, desc=desc) as bar:
+            summary = run.evaluate_ais(
+                args.steps,
+                args.chains,
+                args.limit,
+                args.seed,
+                on_batch=lambda d: bar.update(d - bar.n),
+            )
+    summary["seconds"] = time.perf_counter() - start
+    name = f"eval-{args.method}-t{args.steps}-c{args.chains}.json"
+    atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(summary))
+    elif args.method == "bdmc":
+        print(
+            f"BDMC on {summary['n']} simulated examples, {args.steps} steps x {args.chains} chains:"
+            f" lower {summary['lower']:.2f}, upper {summary['upper']:.2f}, gap "
+            f"{summary['gap']:.2f} {pm(summary['gap_stderr'])} nats"
+        )
+    else:
+        print(
+            f"test log p(x)        {summary['log_likelihood']:.2f} "
+            f"{pm(summary['log_likelihood_stderr'])} nats (AIS, {args.steps} steps x "
+            f"{args.chains} chains, n = {summary['n']}, acceptance {summary['acceptance']:.2f})"
         )
         print(f"time                 {summary['seconds']:.1f} s")
     return 0

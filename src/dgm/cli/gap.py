@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dgm.api import load_run
 from dgm.cli.common import pm
 from dgm.errors import UsageError
 from dgm.files import atomic_write_text
-from dgm.runs import load_run
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

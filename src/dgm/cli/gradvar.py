@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dgm.api import initial_run, load_run
 from dgm.errors import UsageError
 from dgm.files import atomic_write_text
-from dgm.runs import initial_run, load_run
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dgm.api import load_run
 from dgm.errors import UsageError
-from dgm.runs import load_run
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

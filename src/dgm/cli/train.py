@@ -142,7 +142,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dgm.runs as runs
+    import dgm.api as runs
     from dgm.train.distributed import shutdown
     from dgm.train.run import is_main_process
 
@@ -225,7 +225,7 @@ def report(result: Any, start: float, main: bool) -> int:
 
 
 def train_classical(args: argparse.Namespace, config: Any) -> int:
-    import dgm.runs as runs
+    import dgm.api as runs
 
     def started(run_dir: Path) -> None:
         print(f"run directory: {run_dir} (written once the fit is done)", flush=True)
