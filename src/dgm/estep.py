@@ -34,6 +34,24 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def held_out_posterior(
+    model: nn.Module,
+    posterior: nn.Module,
+    x: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    shard: tuple[int, int] = (0, 1),
+) -> nn.Module:
+    """The q used on held-out x: an amortized posterior itself; for a per-datapoint table
+    (``amortized = False``: it has rows for the training examples only) a fresh E-step fit of
+    a q per example with theta frozen (see :func:`fit_local_posterior`)."""
+    if getattr(posterior, "amortized", True):
+        return posterior
+    return fit_local_posterior(model, x, steps=steps, lr=lr, batch_size=batch_size, shard=shard)
+
+
 def fit_local_posterior(
     model: nn.Module,
     x: torch.Tensor,

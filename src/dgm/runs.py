@@ -24,7 +24,7 @@ from dgm.config import Config
 from dgm.data import TensorBatches, binarize_fixed, dequantize_fixed
 from dgm.data.arrays import Data
 from dgm.errors import UsageError
-from dgm.estep import fit_local_posterior
+from dgm.estep import held_out_posterior
 from dgm.estimators import ScoreFunction
 from dgm.evaluate import active_units, importance_log_likelihood, inference_gaps, posterior_mean
 from dgm.gradvar import compare_estimators, warm_up_baseline
@@ -267,11 +267,10 @@ class Run:
         )
 
     def _test_posterior(self, x: torch.Tensor) -> nn.Module:
-        if getattr(self.posterior, "amortized", True):
-            return self.posterior.eval()
         ic = self.config.inference
-        return fit_local_posterior(
+        return held_out_posterior(
             self.model,
+            self.posterior.eval(),
             x,
             steps=ic.test_steps,
             lr=ic.test_lr,

@@ -166,31 +166,24 @@ def run(args: argparse.Namespace) -> int:
                 "--resume: only --epochs, --compile and --device may change on resume, not "
                 f"{', '.join(sorted(extra))}"
             )
-        finished = False
-        try:
-            result = runs.resume(
-                args.resume,
-                values.get("train.epochs"),
-                compile=values.get("train.compile"),
-                device=values.get("train.device"),
-                progress=not args.quiet and main,
-                on_start=started,
-                on_epoch=print_epoch,
-                stop_on_signals=True,
-            )
-            finished = True
-        finally:
-            shutdown(wait=finished)  # every rank waits for rank 0's figures
-        return report(result, start, main)
-    config = load_config(args.config, values)
-    if fitted_by_em(config):
-        return train_classical(args, config)
+        train, target = (
+            runs.resume,
+            {
+                "path": args.resume,
+                "epochs": values.get("train.epochs"),
+                "compile": values.get("train.compile"),
+                "device": values.get("train.device"),
+            },
+        )
+    else:
+        config = load_config(args.config, values)
+        if fitted_by_em(config):
+            return train_classical(args, config)
+        train, target = runs.fit, {"config": config, "out": args.out, "force": args.force}
     finished = False
     try:
-        result = runs.fit(
-            config,
-            out=args.out,
-            force=args.force,
+        result = train(
+            **target,
             progress=not args.quiet and main,
             on_start=started,
             on_epoch=print_epoch,
@@ -198,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         )
         finished = True
     finally:
-        shutdown(wait=finished)
+        shutdown(wait=finished)  # every rank waits for rank 0's figures
     return report(result, start, main)
 
 

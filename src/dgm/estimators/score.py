@@ -13,6 +13,16 @@ from dgm.models import DeepLatentModel
 from dgm.objectives import ELBO, Bound, elbo
 
 
+def score_terms(
+    model: DeepLatentModel, q: Distribution, x: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What score-function estimators need from K draws z ~ q that are never differentiated:
+    z (K, B, d), log p(x | z) (K, B; theta's gradient) and log q(z | x) (K, B; the score)."""
+    with torch.no_grad():
+        z = q.sample((k,))  # (K, B, d): no path from z back to phi
+    return z, model.likelihood(z).log_prob(x), q.log_prob(z)
+
+
 class ScoreFunction(Estimator):
     r"""The score-function (REINFORCE, likelihood-ratio) estimator: z_k ~ q, never differentiated.
 
@@ -42,10 +52,7 @@ class ScoreFunction(Estimator):
     def forward(
         self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
     ) -> Estimate:
-        with torch.no_grad():
-            z = q.sample((self.k,))  # (K, B, d): no path from z back to phi
-        log_lik = model.likelihood(z).log_prob(x)  # (K, B), carries theta's gradient
-        log_q = q.log_prob(z)  # (K, B), carries phi's gradient (the score)
+        z, log_lik, log_q = score_terms(model, q, x, self.k)
         if self.bound.kl == "analytic":
             kl = kl_to_prior(q, model.prior())  # (B,)
             f = log_lik.detach()  # (K, B)

@@ -9,6 +9,7 @@ import torch
 from torch.distributions import Distribution
 
 from dgm.estimators.base import Estimate, Estimator
+from dgm.estimators.score import score_terms
 from dgm.models import DeepLatentModel
 from dgm.objectives import IWAE, Bound, iwae
 
@@ -53,10 +54,7 @@ class VIMCO(Estimator):
     def forward(
         self, model: DeepLatentModel, q: Distribution, x: torch.Tensor, kl_weight: float = 1.0
     ) -> Estimate:
-        with torch.no_grad():
-            z = q.sample((self.k,))  # (K, B, d): no path from z back to phi
-        log_lik = model.likelihood(z).log_prob(x)  # (K, B), carries theta's gradient
-        log_q = q.log_prob(z)  # (K, B), carries phi's gradient (the score)
+        z, log_lik, log_q = score_terms(model, q, x, self.k)
         log_ratio = model.prior().log_prob(z) - log_q  # (K, B)
         value = iwae(log_lik + log_ratio).detach()  # (B,): the bound
         log_w = log_lik + kl_weight * log_ratio  # (K, B), annealed if beta < 1

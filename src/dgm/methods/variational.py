@@ -20,7 +20,7 @@ import torch
 
 from dgm.build import build_estimator, build_model, build_posterior
 from dgm.errors import UsageError
-from dgm.estep import fit_local_posterior, frozen
+from dgm.estep import frozen, held_out_posterior
 from dgm.estimators import Estimate
 from dgm.methods.base import Method, Outcome
 from dgm.methods.compiled import CompiledStep
@@ -233,11 +233,10 @@ class VariationalMethod(Method):
     def test_posterior(self, x: torch.Tensor, shard: tuple[int, int] = (0, 1)) -> torch.nn.Module:
         """The q used on held-out x: the encoder, or (local inference) a fresh E-step fit (of
         the examples n % world == rank only, with ``shard=(rank, world)``)."""
-        if not self.local:
-            return self.posterior
         ic = self.config.inference
-        return fit_local_posterior(
+        return held_out_posterior(
             self.model,
+            self.posterior,
             x,
             steps=ic.test_steps,
             lr=ic.test_lr,
