@@ -110,3 +110,33 @@ def test_eval_by_ais_and_bdmc_from_the_cli(cli_run, capsys):
     assert main([*argv, "--method", "bdmc", "--n", "10"]) == 0
     bd = json.loads(capsys.readouterr().out)
     assert bd["n"] == 10 and bd["gap"] > -4 * bd["gap_stderr"]
+
+
+def test_score_from_the_cli_writes_every_key_and_a_picture(cli_run, capsys, tmp_path):
+    """``dgm score`` writes score.json with the model's metrics and floor and ceiling objects of
+    the same keys, and score.png; real images (the floor) beat independent pixels (the ceiling)."""
+    import json
+
+    assert main(["score", str(cli_run), "--n", "200", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    keys = {"fid", "kid", "kid_stderr", "precision", "recall", "c2st_accuracy", "label_entropy"}
+    assert keys <= set(summary) and summary["n"] == 200 and summary["samples"] == "draws"
+    for row in (summary, summary["floor"], summary["ceiling"]):
+        assert keys | {"label_histogram", "nearest_train_distance"} <= set(row)
+        assert abs(sum(row["label_histogram"]) - 1) < 1e-9
+    assert summary["floor"]["fid"] < 0.2 * summary["ceiling"]["fid"]
+    assert summary["floor"]["recall"] > 0.5 > summary["ceiling"]["recall"]
+    assert json.loads((cli_run / "score.json").read_text()) == summary
+    assert (cli_run / "score.png").stat().st_size > 0
+    assert main(["score", str(cli_run), "--n", "1"]) == 2  # refused in one line
+    assert "--n 1" in capsys.readouterr().err
+
+
+def test_score_of_an_exact_model(tmp_path):
+    """PPCA samples are scored too (the means of p(x | z) against the grey test images)."""
+    run_dir = tmp_path / "ppca"
+    argv = ["train", "--model", "ppca", "--train-limit", "2000", "--test-limit", "200"]
+    assert main([*argv, "--latent-dim", "8", "--out", str(run_dir), "--quiet"]) == 0
+    result = dgm.load_run(run_dir).score(200, mean=True)
+    assert result.samples.shape == (32, 784) and result.nearest.shape == (32, 784)
+    assert result.model["fid"] > result.floor["fid"]

@@ -17,6 +17,7 @@ from dgm.features.mnist import (
     read_feature_network,
 )
 from dgm.metrics import (
+    Reference,
     c2st_accuracy,
     ceiling,
     fid,
@@ -27,6 +28,7 @@ from dgm.metrics import (
     label_histogram,
     nearest_train_distance,
     precision_recall,
+    report,
 )
 
 
@@ -159,3 +161,17 @@ def test_floor_is_near_ideal_and_ceiling_far(mnist_test):
     )
     assert low["label_entropy"] > math.log(10) - 0.01 and len(low["label_histogram"]) == 10
     assert high["label_entropy"] < math.log(10) / 2  # nearly every noise image reads as an 8
+
+
+def test_a_model_that_draws_real_images_scores_like_the_floor(mnist_test):
+    """report(): samples that are fresh real images score as the floor does, and the nearest
+    training image of a copied training image is itself (distance 0: memorization shows)."""
+    x, _ = mnist_test
+    ref = Reference.of(x[:2000], train=x[2000:6000])
+    kw = {"n_subsets": 20, "subset_size": 200, "memorization": 200}
+    fresh = report(x[6000:8000], ref, real=x[8000:], **kw)
+    assert abs(fresh.model["fid"] - fresh.floor["fid"]) < 0.1 * fresh.ceiling["fid"]
+    assert abs(fresh.model["recall"] - fresh.floor["recall"]) < 0.15 > fresh.ceiling["recall"]
+    copied = report(x[2000:4000], ref, real=x[8000:], **kw)
+    assert copied.model["nearest_train_distance"] < 1e-3 < fresh.floor["nearest_train_distance"]
+    assert torch.equal(copied.nearest, copied.samples)

@@ -41,12 +41,26 @@ def build_data(config: Config, device: torch.device | str = "cpu") -> Data:
     ds = load_dataset(dc.dataset, data_dir=dc.data_dir, download=dc.download)
     x_train = to_unit_interval(ds.train_images[: dc.train_limit]).to(device)
     x_test = to_unit_interval(ds.test_images[: dc.test_limit]).to(device)
-    if dc.binarize != "none":
-        x_test = binarize_fixed(x_test, dc.binarize_seed)
-    elif dc.dequantize:
-        x_test = dequantize_fixed(x_test, dc.binarize_seed)
+    x_test = as_evaluated(config, x_test, dc.binarize_seed)
     labels = ds.test_labels[: dc.test_limit].to(device)
     return Data(x_train, x_test, tuple(ds.train_images.shape[1:]), labels)
+
+
+def as_evaluated(config: Config, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Grey images ``(N, D)`` in [0, 1] as the run evaluates its test set: binarized (or
+    dequantized) once with ``seed``, or unchanged."""
+    if config.data.binarize != "none":
+        return binarize_fixed(x, seed)
+    if config.data.dequantize:
+        return dequantize_fixed(x, seed)
+    return x
+
+
+def grey_test_images(config: Config, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The run's test images as grey levels in [0, 1], before binarization: ``(M, D)``."""
+    dc = config.data
+    ds = load_dataset(dc.dataset, data_dir=dc.data_dir, download=dc.download)
+    return to_unit_interval(ds.test_images[: dc.test_limit]).to(device)
 
 
 def build_likelihood(cfg: ModelConfig) -> Likelihood:

@@ -12,7 +12,9 @@ Images are ``(N, 784)`` floats in [0, 1]; compare samples with a reference of th
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,14 +72,16 @@ def kid(
     fewer, if a set is smaller) from each set. Returns the mean and its standard error over
     subsets (which ignores the finite pools the subsets share)."""
     g = torch.Generator().manual_seed(seed)
-    a, b = features_a.double(), features_b.double()
+    a, b = features_a.float(), features_b.float()  # products in float32, kernels in float64
     d = a.shape[1]
     m = min(subset_size, len(a), len(b))
     values = []
     for _ in range(subsets):
         x = a[torch.randperm(len(a), generator=g)[:m]]  # (m, d)
         y = b[torch.randperm(len(b), generator=g)[:m]]  # (m, d)
-        k_xx, k_yy, k_xy = ((u @ v.T / d + 1) ** 3 for u, v in ((x, x), (y, y), (x, y)))  # (m, m)
+        k_xx, k_yy, k_xy = (
+            ((u @ v.T).double() / d + 1) ** 3 for u, v in ((x, x), (y, y), (x, y))
+        )  # (m, m)
         off = m * (m - 1)
         mmd2 = (
             (k_xx.sum() - k_xx.diagonal().sum()) / off
@@ -174,24 +178,51 @@ def nearest_train_distance(samples: Tensor, train: Tensor) -> Tensor:
     return (s - t[nearest]).norm(dim=1)  # (N,), exact: no cancellation in |s|^2 + |t|^2 - 2 s.t
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Real images and what every score against them needs, computed once: their features
+    ``(M, 128)`` and labels ``(M,)`` (on the CPU), the squared radii ``(M,)`` of their k-th
+    nearest neighbours in feature space (for precision), and optionally the training images
+    ``(N, 784)`` that memorization is measured against."""
+
+    images: Tensor
+    features: Tensor
+    labels: Tensor
+    radius2: Tensor
+    k: int
+    train: Tensor | None = None
+
+    @classmethod
+    def of(cls, images: Tensor, train: Tensor | None = None, k: int = 3) -> Reference:
+        """The reference of ``images`` ``(M, 784)`` in [0, 1] (see the class doc)."""
+        features, labels = features_and_labels(images)
+        features, labels = features.cpu(), labels.cpu()
+        return cls(images, features, labels, _kth_neighbour_radius2(features, k), k, train)
+
+
 def score(
     samples: Tensor,
-    reference: Tensor,
+    reference: Tensor | Reference,
     train: Tensor | None = None,
     n_subsets: int = 100,
     subset_size: int = 1000,
     k: int = 3,
+    memorization: int = 1000,
 ) -> dict[str, Any]:
-    """Every metric of ``samples`` ``(N, 784)`` against ``reference`` ``(M, 784)`` (say the test
-    set): ``fid``, ``kid``, ``kid_stderr``, ``precision``, ``recall``, ``c2st_accuracy``,
-    ``label_entropy`` and ``label_histogram`` (10 floats) of the samples' predicted labels; with
-    ``train``, also ``nearest_train_distance``, the mean of :func:`nearest_train_distance`.
+    """Every metric of ``samples`` ``(N, 784)`` against ``reference`` (a :class:`Reference`, or
+    images ``(M, 784)``, say the test set): ``fid``, ``kid``, ``kid_stderr``, ``precision``,
+    ``recall``, ``c2st_accuracy``, ``label_entropy`` and ``label_histogram`` (10 floats) of the
+    samples' predicted labels; with training images (``train``, or the reference's), also
+    ``nearest_train_distance``: the mean of :func:`nearest_train_distance` over the first
+    ``memorization`` samples (a search through every training image in pixel space).
     """
+    if not isinstance(reference, Reference):
+        reference = Reference.of(reference, train, k)
     f_fake, labels = features_and_labels(samples)
-    f_real, _ = features_and_labels(reference.to(samples.device))
-    f_fake, f_real = f_fake.cpu(), f_real.cpu()
+    f_fake, f_real = f_fake.cpu(), reference.features
     kid_mean, kid_stderr = kid(f_real, f_fake, n_subsets, subset_size)
-    precision, recall = precision_recall(f_real, f_fake, k)
+    precision = _coverage(f_fake, f_real, reference.radius2)
+    recall = _coverage(f_real, f_fake, _kth_neighbour_radius2(f_fake, reference.k))
     histogram = label_histogram(labels)
     out: dict[str, Any] = {
         "fid": fid(f_real, f_fake),
@@ -203,29 +234,78 @@ def score(
         "label_entropy": label_entropy(histogram),
         "label_histogram": histogram.tolist(),
     }
+    train = reference.train if train is None else train
     if train is not None:
-        out["nearest_train_distance"] = nearest_train_distance(samples, train).mean().item()
+        near = nearest_train_distance(samples[:memorization], train.to(samples.device))
+        out["nearest_train_distance"] = near.mean().item()
     return out
 
 
 def floor(
-    test: Tensor, train: Tensor, n: int | None = None, seed: int = 0, **kwargs: Any
+    test: Tensor | Reference, train: Tensor, n: int | None = None, seed: int = 0, **kwargs: Any
 ) -> dict[str, Any]:
     """:func:`score` of ``n`` (default: as many as ``test``) random real ``train`` images against
-    ``test``: what a perfect model would score. ``kwargs`` go to :func:`score`."""
+    ``test``: what a perfect model would score. ``kwargs`` go to :func:`score`. Where the
+    reference holds training images, ``nearest_train_distance`` is that of the test images
+    themselves (a training image's nearest is itself): what a model that does not memorize
+    reaches."""
     g = torch.Generator().manual_seed(seed)
-    n = min(n or len(test), len(train))
-    return score(
-        train[torch.randperm(len(train), generator=g)[:n].to(train.device)], test, **kwargs
-    )
+    n = min(n or len(test.images if isinstance(test, Reference) else test), len(train))
+    real = train[torch.randperm(len(train), generator=g)[:n].to(train.device)]
+    if not isinstance(test, Reference):
+        return score(real, test, **kwargs)
+    out = score(real, dataclasses.replace(test, train=None), **kwargs)
+    if test.train is not None:
+        memorization = kwargs.get("memorization", 1000)
+        near = nearest_train_distance(test.images[:memorization], test.train)
+        out["nearest_train_distance"] = near.mean().item()
+    return out
 
 
 def ceiling(
-    train: Tensor, test: Tensor, n: int | None = None, seed: int = 0, **kwargs: Any
+    train: Tensor, test: Tensor | Reference, n: int | None = None, seed: int = 0, **kwargs: Any
 ) -> dict[str, Any]:
     """:func:`score` of ``n`` (default: as many as ``test``) images of independent Bernoulli pixels
     with the mean of ``train`` against ``test``: a model that learned only the average image."""
     g = torch.Generator().manual_seed(seed)
     mean = train.float().mean(0).cpu()  # (784,)
-    x = (torch.rand(n or len(test), mean.numel(), generator=g) < mean).float()  # (n, 784)
+    n = n or len(test.images if isinstance(test, Reference) else test)
+    x = (torch.rand(n, mean.numel(), generator=g) < mean).float()  # (n, 784)
     return score(x.to(train.device), test, **kwargs)
+
+
+@dataclass
+class Report:
+    """A model's :func:`score` beside the :func:`floor` and :func:`ceiling` of its reference,
+    with its first samples and their nearest training images (for a picture)."""
+
+    model: dict[str, Any]
+    floor: dict[str, Any]
+    ceiling: dict[str, Any]
+    samples: Tensor  # (P, 784): the first samples scored
+    nearest: Tensor  # (P, 784): the training image nearest to each
+
+    def summary(self) -> dict[str, Any]:
+        """The model's metrics, and ``floor`` and ``ceiling`` objects with the same keys."""
+        return {**self.model, "floor": self.floor, "ceiling": self.ceiling}
+
+
+def report(
+    samples: Tensor,
+    reference: Reference,
+    real: Tensor,
+    seed: int = 0,
+    pictured: int = 32,
+    **kwargs: Any,
+) -> Report:
+    """:func:`score` of ``samples`` against ``reference``, its :func:`floor` from ``real`` images
+    of the same kind as the reference's (say training images binarized like the test set) and its
+    :func:`ceiling`, each from as many images as ``samples``; ``kwargs`` go to :func:`score`."""
+    n = len(samples)
+    train = reference.train if reference.train is not None else real
+    model = score(samples, reference, **kwargs)
+    low = floor(reference, real, n=n, seed=seed, **kwargs)
+    high = ceiling(train, reference, n=n, seed=seed, **kwargs)
+    shown = samples[:pictured]
+    nearest = torch.cat([_squared_distances(c, train).argmin(1) for c in shown.split(CHUNK)])
+    return Report(model, low, high, shown, train[nearest])

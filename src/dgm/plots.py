@@ -175,3 +175,41 @@ def save_gap(r: dict, path: Path) -> None:
     )
     ax.invert_yaxis()
     save_figure(fig, path)
+
+
+def save_score(
+    samples: torch.Tensor,
+    nearest: torch.Tensor,
+    histograms: Sequence[tuple[str, Sequence[float]]],
+    path: Path,
+    image_shape: tuple[int, int] = (28, 28),
+) -> None:
+    """Left: rows of samples, each over the row of their nearest training images (``nrow`` = 8);
+    right: the predicted-label histograms (say the model's and the real images')."""
+    pairs = np.asarray(image_grid_pairs(samples, nearest, image_shape), dtype=np.float32)
+    fig, (left, right) = pyplot().subplots(
+        1, 2, figsize=(9, 4.3), gridspec_kw={"width_ratios": [1.1, 1]}
+    )
+    left.imshow(pairs, cmap="gray", vmin=0, vmax=255)
+    left.set_title("samples, each over its nearest training image")
+    left.axis("off")
+    width = 0.8 / len(histograms)
+    for i, (label, h) in enumerate(histograms):
+        right.bar(
+            np.arange(len(h)) + (i - (len(histograms) - 1) / 2) * width, h, width, label=label
+        )
+    right.set_xticks(range(10))
+    right.set_xlabel("label predicted by the feature network")
+    right.set_ylabel("fraction")
+    right.legend()
+    save_figure(fig, path)
+
+
+def image_grid_pairs(
+    samples: torch.Tensor, nearest: torch.Tensor, image_shape: tuple[int, int] = (28, 28)
+) -> Image.Image:
+    """Rows of 8 ``samples``, each row over the row of the matching ``nearest`` images."""
+    n = samples.shape[0] - samples.shape[0] % 8 or samples.shape[0]
+    d = samples.shape[-1]
+    a, b = samples[:n].reshape(-1, min(8, n), d), nearest[:n].reshape(-1, min(8, n), d)
+    return image_grid(torch.stack([a, b], 1).reshape(-1, d), image_shape, nrow=min(8, n), scale=1)

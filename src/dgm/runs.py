@@ -28,6 +28,7 @@ from dgm.estep import held_out_posterior
 from dgm.estimators import ScoreFunction
 from dgm.evaluate import active_units, importance_log_likelihood, inference_gaps, posterior_mean
 from dgm.gradvar import compare_estimators, warm_up_baseline
+from dgm.metrics import Reference, Report, report
 from dgm.variational import LocalGaussian
 
 
@@ -80,18 +81,54 @@ class Run:
         return self.decode(posterior_mean(self.encode(x))).mean
 
     @torch.inference_mode()
-    def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """n images from the model, the means of p(x | z) at z ~ p(z): (n, D)."""
+    def sample(self, n: int, seed: int | None = None, mean: bool = True) -> torch.Tensor:
+        """n images from the model, z ~ p(z): the means of p(x | z) (``mean``, to look at) or
+        draws x ~ p(x | z) (the model's samples, clamped to [0, 1] for Gaussian pixels): (n, D).
+        """
         if n < 1:
             raise UsageError(f"sample: n = {n}; expected a positive number of samples")
         if seed is not None:
             torch.manual_seed(seed)
-        if self.exact:
-            from dgm.train.classical import classical_samples
+        model = self.model.eval()
+        z, p_x = model.sample(n)
+        if isinstance(p_x, torch.Tensor):  # a Gaussian mixture draws x itself, z is the component
+            x = model.means[z] if mean else p_x
+        else:
+            x = p_x.mean if mean else p_x.sample()
+        return x.float().clamp(0, 1)
 
-            return classical_samples(self.model, n)
-        _, p_x = self.model.eval().sample(n)
-        return p_x.mean
+    def score(
+        self,
+        n: int = 10000,
+        seed: int = 0,
+        mean: bool = False,
+        on_stage: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> Report:
+        """Sample quality in the shipped MNIST feature space (:mod:`dgm.metrics`): ``n`` samples
+        (draws, or with ``mean`` the means of p(x | z)) against the test set as the run evaluates
+        it (binarized for binary data; the grey test images for means), beside the floor
+        (training images of the same kind) and the ceiling (independent pixels). ``options`` go
+        to :func:`dgm.metrics.score`; ``on_stage`` hears "sampling" and "scoring"."""
+        if self.data.image_shape != (28, 28):
+            raise UsageError(
+                f"score: {self.path} has {self.data.image_shape} images; the shipped feature "
+                "network reads 28 x 28 (MNIST-like) images"
+            )
+        if on_stage is not None:
+            on_stage("sampling")
+        samples = self.sample(n, seed=seed, mean=mean)
+        train = self.data.x_train
+        if mean:
+            test = build.grey_test_images(self.config, self.device)
+            real = train
+        else:
+            test = self.data.x_test
+            real = build.as_evaluated(self.config, train, self.config.data.binarize_seed + 1)
+        if on_stage is not None:
+            on_stage("scoring")
+        reference = Reference.of(test, train)
+        return report(samples, reference, real, seed=seed, **options)
 
     def evaluate(
         self, k: int = 5000, limit: int | None = None, seed: int = 0, on_batch: Any = None

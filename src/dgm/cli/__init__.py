@@ -1,6 +1,6 @@
 """The ``dgm`` command line: the only place that parses arguments or prints.
 
-One module per command (``train``, ``eval``, ``gradvar``, ``gap``, ``sample``), each with
+One module per command (``train``, ``eval``, ``gradvar``, ``gap``, ``sample``, ``score``), each with
 ``add_parser(subparsers)`` and ``run(args) -> exit code``; each parses, calls the public API
 (:mod:`dgm.api`, :mod:`dgm.runs`) and prints.
 """
@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from dgm.cli import eval as eval_command
-from dgm.cli import gap, gradvar, sample, train
+from dgm.cli import gap, gradvar, sample, score, train
 from dgm.errors import DGMError
 
-COMMANDS = (train, eval_command, gradvar, gap, sample)
+COMMANDS = (train, eval_command, gradvar, gap, sample, score)
 
 
 def build_parser() -> argparse.ArgumentParser:
