@@ -68,13 +68,14 @@ def kid(
     seed: int = 0,
 ) -> tuple[float, float]:
     r"""Kernel distance (Bińkowski et al. 2018): the unbiased estimate of MMD² with the kernel
-    :math:`k(x, y) = (x \cdot y / d + 1)^3`, averaged over random subsets of ``subset_size`` (or
-    fewer, if a set is smaller) from each set. Returns the mean and its standard error over
-    subsets (which ignores the finite pools the subsets share)."""
+    :math:`k(x, y) = (x \cdot y / d + 1)^3`, averaged over random subsets of ``subset_size`` from
+    each set (half the smaller set where that holds no more, so that subsets differ). Returns the
+    mean and its standard error over subsets (which ignores the finite pools the subsets share)."""
     g = torch.Generator().manual_seed(seed)
     a, b = features_a.float(), features_b.float()  # products in float32, kernels in float64
     d = a.shape[1]
-    m = min(subset_size, len(a), len(b))
+    smaller = min(len(a), len(b))
+    m = subset_size if subset_size < smaller else max(2, smaller // 2)
     values = []
     for _ in range(subsets):
         x = a[torch.randperm(len(a), generator=g)[:m]]  # (m, d)
