@@ -88,7 +88,7 @@ def load_feature_network(device: str | torch.device = "cpu") -> MnistClassifier:
 
 
 @torch.no_grad()
-def features_and_labels(x: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+def features_and_labels(x: Tensor, batch_size: int = 200) -> tuple[Tensor, Tensor]:
     """``(N, 784)`` images in [0, 1] -> the shipped network's features ``(N, 128)`` (float32) and
     predicted labels ``(N,)`` (int64), on the device of ``x``."""
     net = load_feature_network(x.device)
