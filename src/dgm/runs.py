@@ -84,7 +84,7 @@ class Run:
     def sample(self, n: int, seed: int | None = None, mean: bool = True) -> torch.Tensor:
         """n images from the model, z ~ p(z): the means of p(x | z) (``mean``, to look at) or
         draws x ~ p(x | z) (the model's samples, clamped to [0, 1] for Gaussian pixels): (n, D).
-        """
+        A Gaussian mixture's mean is the mean of the drawn component."""
         if n < 1:
             raise UsageError(f"sample: n = {n}; expected a positive number of samples")
         if seed is not None:
