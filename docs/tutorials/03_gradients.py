@@ -62,8 +62,6 @@ print(
     f"a VAE trained for {run.epoch} epochs on 5,000 images: "
     f"test ELBO {run.metrics[-1]['test_elbo']:.2f}"
 )
-# dgm.fit draws each run's pictures with matplotlib's Agg backend: back to inline figures
-# %matplotlib inline
 
 
 # %% [markdown]
@@ -136,8 +134,6 @@ for name, objective in variants.items():
     trained = dgm.fit(config, out=workdir / name.replace(" ", "_").replace(",", ""))
     curves[name] = [m["test_elbo"] for m in trained.metrics]
     print(f"{name:<31} test ELBO after each epoch: " + ", ".join(f"{v:9.2f}" for v in curves[name]))
-# dgm.fit draws each run's pictures with matplotlib's Agg backend: back to inline figures
-# %matplotlib inline
 
 
 # %%

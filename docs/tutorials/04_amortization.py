@@ -62,8 +62,6 @@ for name, inference in variants.items():
         + ", ".join(f"{r['test_elbo']:.1f}" for r in m)
         + f"   ({sum(r['epoch_time_s'] for r in m):.1f} s of training)"
     )
-# dgm.fit draws each run's pictures with matplotlib's Agg backend: back to inline figures
-# %matplotlib inline
 
 
 # %% [markdown]

@@ -52,8 +52,6 @@ runs = {
 for kind, run in runs.items():
     m = run.metrics[-1]
     print(f"{kind}: test E[ln p(x | z)] = {m['test_log_lik']:8.2f}, test KL = {m['test_kl']:.2f}")
-# dgm.fit draws each run's pictures with matplotlib's Agg backend: back to inline figures
-# %matplotlib inline
 
 
 # %% [markdown]

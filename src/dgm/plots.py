@@ -1,4 +1,7 @@
-"""Pictures: image grids (Pillow) and figures (matplotlib, Agg backend). No plotting elsewhere.
+"""Pictures: image grids (Pillow) and figures (matplotlib). No plotting elsewhere.
+
+Figures are :class:`matplotlib.figure.Figure` objects made directly, never through pyplot: dgm
+neither switches the user's backend nor leaves figures open in pyplot's global state.
 
 matplotlib is imported by the first figure, not with dgm (``import dgm`` stays light)."""
 
@@ -16,17 +19,15 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
 
-def pyplot() -> Any:
-    """matplotlib.pyplot with the Agg backend (files only, no screen), imported on first use."""
-    import matplotlib
+def subplots(*args: Any, figsize: tuple[float, float] | None = None, **kwargs: Any) -> Any:
+    """A new figure and its axes, as ``pyplot.subplots`` returns them, without pyplot."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot
-
-    return matplotlib.pyplot
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def image_grid(
@@ -63,12 +64,11 @@ def save_image(img: Image.Image, path: Path) -> None:
     atomic_write_bytes(Path(path), _png_bytes(img))
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     from dgm.files import atomic_write_bytes  # here: dgm.train imports this module
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    pyplot().close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -90,7 +90,7 @@ def save_side_by_side(
     panels: Sequence[tuple[str, torch.Tensor]], path: Path, image_shape: tuple[int, int] = (28, 28)
 ) -> None:
     """Grids next to each other under titles, as the lecture's "Performance" slide."""
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
+    fig, axes = subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
     for ax, (title, images) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(
             np.asarray(image_grid(images, image_shape, scale=1)), cmap="gray", vmin=0, vmax=255
@@ -108,7 +108,7 @@ def save_curves(metrics_path: Path, path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     keys = [k for k in ("train_elbo", "test_elbo", "train_iwae", "test_iwae") if k in rows[0]]
     keys = keys or [k for k in ("train_log_lik", "test_log_lik") if k in rows[0]]
-    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     for k in keys:
         axes[0].plot(epochs, [r[k] for r in rows], label=k)
     axes[0].set_xlabel("epoch")
@@ -127,7 +127,7 @@ def save_curves(metrics_path: Path, path: Path) -> None:
 
 def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
     """Gradient variance (trace of the covariance) against K, one line per estimator, log-log."""
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = subplots(1, 2, figsize=(11, 4.2))
     names = []
     for r in records:
         name = r["estimator"] + (f" + {r['baseline']}" if r.get("baseline") else "")
@@ -159,7 +159,7 @@ def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
 
 def save_gap(r: dict, path: Path) -> None:
     """The three levels of ``dgm gap`` as bars: log p(x), optimized ELBO, encoder's ELBO."""
-    fig, ax = pyplot().subplots(figsize=(6, 3.2))
+    fig, ax = subplots(figsize=(6, 3.2))
     levels = [
         ("log p(x)", r["log_likelihood"]),
         ("ELBO, optimized q", r["elbo_optimized"]),
@@ -187,9 +187,7 @@ def save_score(
     """Left: rows of samples, each over the row of their nearest training images (``nrow`` = 8);
     right: the predicted-label histograms (say the model's and the real images')."""
     pairs = np.asarray(image_grid_pairs(samples, nearest, image_shape), dtype=np.float32)
-    fig, (left, right) = pyplot().subplots(
-        1, 2, figsize=(9, 4.3), gridspec_kw={"width_ratios": [1.1, 1]}
-    )
+    fig, (left, right) = subplots(1, 2, figsize=(9, 4.3), gridspec_kw={"width_ratios": [1.1, 1]})
     left.imshow(pairs, cmap="gray", vmin=0, vmax=255)
     left.set_title("samples, each over its nearest training image")
     left.axis("off")
