@@ -167,7 +167,7 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
     assert run(capsys, "train", "--epochs", "1", "--out", str(run_dir), *SMALL)[0] == 0
     (tmp_path / "taken").mkdir()
     code, _, err = run(capsys, "sample", str(run_dir), "--out", str(tmp_path / "taken"))
-    assert code == 1 and err.startswith("dgm: error: ") and err.count("\n") == 1
+    assert code == 2 and err.startswith("dgm: error: ") and err.count("\n") == 1
     (run_dir / "config.json").write_bytes(b"\xff\xfe not utf-8")
     code, _, err = run(capsys, "eval", str(run_dir))
     assert code == 2 and "config.json" in err and err.count("\n") == 1

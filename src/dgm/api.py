@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import dgm.build as build
+import dgm.sizes as sizes
 from dgm.config import Config, load_config, load_run_config, validate
 from dgm.data.arrays import Data
 from dgm.errors import CheckpointError, UsageError
@@ -77,6 +78,8 @@ def fit(
     from dgm.train.run import check_new_run, default_run_dir, is_main_process, prepare_new_run
 
     config = as_config(config)
+    # the memory it needs, from the config alone: refused before anything is built or written
+    sizes.check(sizes.training(config, data), config, resolve_device(config.train.device))
     main = is_main_process()
     if out is None and not main:
         raise UsageError("torchrun: give the run directory with --out (every rank needs it)")
@@ -125,6 +128,7 @@ def resume(
             config.train.compile = compile
         if device is not None:
             config.train.device = device
+        sizes.check(sizes.training(config), config, resolve_device(config.train.device))
         trainer = Trainer(config, run_dir)
         if on_start is not None:
             on_start(run_dir)
@@ -171,6 +175,7 @@ def load_run(
     if device is not None:
         config.train.device = device
     dev = resolve_device(config.train.device)
+    sizes.check(sizes.evaluation(config, 1, 1, data=data), config, dev, f"loading {path}")
     data = build.build_data(config, dev) if data is None else data.to(dev)
     if build.fitted_by_em(config):
         from dgm.train.classical import WEIGHTS, load_classical
@@ -205,6 +210,7 @@ def initial_run(config: ConfigLike = None, device: str | None = None) -> Run:
     if device is not None:
         config.train.device = device
     dev = resolve_device(config.train.device)
+    sizes.check(sizes.evaluation(config, 1, 1), config, dev, "this model")
     data = build.build_data(config, dev)
     data_dim, n_train = data.x_train.shape[1], data.x_train.shape[0]
     torch.manual_seed(config.train.seed)

@@ -8,11 +8,15 @@ flags. Every problem (an unknown key, a wrong type, an impossible value, invalid
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,7 +29,35 @@ from pydantic import (
 )
 
 import dgm.registry as registry
-from dgm.errors import ConfigError
+from dgm.errors import ConfigError, shorten
+
+#: seeds go to torch.manual_seed (which takes less than 2**64) after an offset per rank
+MAX_SEED = 2**63
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if 0 <= seed < 2**63, else ValueError (one line)."""
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError("expected a seed 0 <= seed < 2**63")
+    return seed
+
+
+Seed = Annotated[int, AfterValidator(check_seed)]
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size like ``8GiB``, ``512 MB``, ``1.5g`` or ``4096``; ValueError otherwise."""
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError("expected a size like '8GiB', '512MB' or a number of bytes")
+    number, unit, binary = m.groups()
+    power = "kmgt".index(unit.lower()) + 1 if unit else 0
+    size = float(number) * (1024 if binary else 1000) ** power
+    if not 1 <= size < 2**80:
+        raise ValueError("expected a size of at least 1 byte, like '8GiB'")
+    return int(size)
 
 
 class _Section(BaseModel):
@@ -37,7 +69,7 @@ class DataConfig(_Section):
     data_dir: str | None = None
     download: bool = False
     binarize: Literal["dynamic", "static", "none"] = "dynamic"
-    binarize_seed: int = 0  # the fixed draw for `static`, and for the test set under `dynamic`
+    binarize_seed: Seed = 0  # the fixed draw for `static`, and for the test set under `dynamic`
     # with binarize = "none": x = (pixel + u) / 256, u ~ U[0, 1), fresh per batch (test: fixed)
     dequantize: bool = False
     train_limit: PositiveInt | None = None  # use only the first N training examples
@@ -180,8 +212,8 @@ class TrainConfig(_Section):
     lr_final: PositiveFloat = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: Seed = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (checked by dgm.devices when resolved)
     keep_checkpoints: PositiveInt = 3
     eval_batch_size: PositiveInt = 1000
     # numerical faults: a step with a non-finite loss or gradient is skipped; after
@@ -198,6 +230,17 @@ class TrainConfig(_Section):
     # amortized, float32, a pathwise estimator), else the forward and so its backward; off by
     # default (it compiles for 8-30 s first); measured in README's "Speed"
     compile: bool = False
+    # refuse a run whose estimated memory (dgm.sizes: parameters, their gradients and Adam's
+    # moments, activations of a step and of evaluation, the data) exceeds this, e.g. "8GiB";
+    # the machine's available memory is always a limit
+    max_memory: str | None = None
+
+    @field_validator("max_memory")
+    @classmethod
+    def _check_max_memory(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_size(v)
+        return v
 
     @model_validator(mode="after")
     def _check_betas(self) -> TrainConfig:
@@ -302,15 +345,26 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
+#: echoed values and keys are cut to this many characters; at most this many problems are named
+ECHO_LIMIT, MAX_PROBLEMS = 80, 3
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
+    errors = err.errors()
+    for e in errors[:MAX_PROBLEMS]:
+        loc = shorten(".".join(str(p) for p in e["loc"]), ECHO_LIMIT)
+        msg = shorten(e["msg"].removeprefix("Value error, "), 2 * ECHO_LIMIT)
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        given = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e['input']!r})"
+        given = (
+            ""
+            if e["type"] in ("missing", "extra_forbidden")
+            else f" (got {shorten(repr(e['input']), ECHO_LIMIT)})"
+        )
         parts.append(f"key '{loc}': {msg}{given}" if loc else f"{msg}")
+    if len(errors) > MAX_PROBLEMS:
+        parts.append(f"and {len(errors) - MAX_PROBLEMS} more")
     return f"{source}: " + "; ".join(parts)
 
 
@@ -322,38 +376,109 @@ def validate(data: dict[str, Any], source: str = "configuration") -> Config:
         raise ConfigError(_format_error(err, source)) from None
 
 
+#: a config file (TOML, or a run's config.json) is read only if it is a regular file this small
+MAX_CONFIG_BYTES = 1024**2
+#: and its tables and arrays nest at most this deep (dgm's own go 4 deep: model.upper[0].hidden)
+MAX_DEPTH = 16
+
+
+def read_config_text(path: Path, what: str = "config file") -> str:
+    """The text of ``path`` if it is a regular file of at most :data:`MAX_CONFIG_BYTES` in
+    UTF-8; else one ConfigError line naming it. A FIFO or a device (``/dev/zero``) is refused
+    without reading from it (it is opened non-blocking and checked before any read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ConfigError(f"{path}: {kind}; expected a {what} (a regular file)")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: {info.st_size:,} bytes; a {what} is expected to be at most "
+                f"{MAX_CONFIG_BYTES:,} bytes"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:  # it grew while being read
+        raise ConfigError(f"{path}: a {what} is expected to be at most {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: cannot read {what} (not UTF-8: {err.reason})") from None
+
+
+def depth(value: Any) -> int:
+    """How deeply dicts and lists nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d + 1)
+            if d + 1 <= MAX_DEPTH:  # deeper is refused anyway: stop walking
+                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _check_depth(data: Any, where: str) -> None:
+    if depth(data) > MAX_DEPTH:
+        raise ConfigError(
+            f"{where}: tables and arrays nested more than {MAX_DEPTH} deep; a dgm config nests "
+            "at most a few levels (model.upper[0].hidden)"
+        )
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    text = read_config_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read config file ({err})") from None
-    try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML ({err})") from None
+        raise ConfigError(f"{path}: invalid TOML ({shorten(err, 2 * ECHO_LIMIT)})") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: invalid TOML (arrays or tables nested too deeply; at most {MAX_DEPTH})"
+        ) from None
+    _check_depth(data, str(path))
+    return data
 
 
 def parse_value(text: str) -> Any:
     """A ``--set`` value is read as a TOML value (numbers, booleans, arrays), else as a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(
+            f"--set ...={shorten(text, 20)}: arrays or tables nested too deeply (at most "
+            f"{MAX_DEPTH})"
+        ) from None
+    _check_depth(value, f"--set ...={shorten(text, 20)}")
+    return value
 
 
 def set_key(data: dict[str, Any], key: str, value: Any) -> None:
     """Set a dotted key (``train.lr``) in nested dicts; unknown sections are left to validation."""
     parts = key.split(".")
     if not all(parts):
-        raise ConfigError(f"--set {key}: expected a dotted key like train.lr")
+        raise ConfigError(f"--set {shorten(key, ECHO_LIMIT)}: expected a dotted key like train.lr")
     node = data
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: '{p}' is a value, not a section")
+            raise ConfigError(
+                f"--set {shorten(key, ECHO_LIMIT)}: '{shorten(p, ECHO_LIMIT)}' is a value, not "
+                "a section"
+            )
         node = child
     node[parts[-1]] = value
 
@@ -378,12 +503,17 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def load_run_config(path: Path) -> Config:
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"{path}: not found (is this a dgm run directory?)")
+    text = read_config_text(path, "run configuration")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (is this a dgm run directory?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: cannot read the run's configuration ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the run's configuration is nested too deeply") from None
+    _check_depth(data, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object with the run's configuration")
     return validate(data, str(path))
@@ -392,6 +522,9 @@ def load_run_config(path: Path) -> Config:
 #: how a run computes, not what: these may change when a run is resumed (a run moved to a GPU,
 #: or compiled from its next epoch on); everything else is the run's identity
 RUNTIME_KEYS = ("train.compile", "train.device")
+#: what a resumed run may change: how it computes, more epochs, and a new learning rate (a
+#: diverged run goes on at a smaller one; the change is recorded in metrics.jsonl)
+RESUME_KEYS = (*RUNTIME_KEYS, "train.epochs", "train.lr")
 
 
 def same_run(a: Config, b: Config) -> bool:

@@ -2,24 +2,41 @@
 
 One module per command (``train``, ``eval``, ``gradvar``, ``gap``, ``sample``, ``score``), each with
 ``add_parser(subparsers)`` and ``run(args) -> exit code``; each parses, calls the public API
-(:mod:`dgm.api`, :mod:`dgm.runs`) and prints.
+(:mod:`dgm.api`, :mod:`dgm.runs`) and prints. Every fault ends in one line on standard error and
+the exit code of its kind (:mod:`dgm.errors`: ``EXIT_CODES``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from dgm.cli import eval as eval_command
 from dgm.cli import gap, gradvar, sample, score, train
-from dgm.errors import DGMError
+from dgm.errors import EXIT_CODES, INTERRUPTED, USAGE, DGMError, one_line
 
 COMMANDS = (train, eval_command, gradvar, gap, sample, score)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (and a pointer to ``--help``), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: error: {one_line(message, 300)}\nsee {self.prog} --help\n")
+
+
+def _epilog() -> str:
+    lines = [f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "exit codes:\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dgm", description="Deep generative models trained by variational Bayes."
+    parser = Parser(
+        prog="dgm",
+        description="Deep generative models trained by variational Bayes.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
@@ -29,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0), or a usage error already printed in one line (2)
+        return stop.code if isinstance(stop.code, int) else USAGE
     code = _run(args)
     distributed = sys.modules.get("dgm.train.distributed")  # imported only by training
     if distributed is not None:  # a torchrun worker ends here: see its end_process
@@ -41,15 +61,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except DGMError as err:
-        print(f"dgm: error: {err}", file=sys.stderr)
+        print(f"dgm: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # a file dgm had to read or write: name it, no traceback
         where = f"{err.filename}: " if err.filename else ""
-        print(f"dgm: error: {where}{err.strerror or err}", file=sys.stderr)
-        return 1
+        print(f"dgm: error: {one_line(f'{where}{err.strerror or err}')}", file=sys.stderr)
+        return USAGE
     except KeyboardInterrupt:
         print("dgm: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dgm.sizes as sizes
 from dgm.api import load_run
-from dgm.cli.common import pm
+from dgm.cli.common import check_memory, check_seed_and_device, count, pm, run_config
 from dgm.errors import UsageError
+from dgm.evaluate import DEFAULT_PAIRS_PER_PASS
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -23,11 +25,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="is: importance sampling from q (default); ais: annealed importance sampling from "
         "the prior with HMC; bdmc: AIS's lower and reverse AIS's upper bound on simulated data",
     )
-    p.add_argument("--k", type=int, default=5000, help="is: importance samples per example")
-    p.add_argument("--steps", type=int, default=1000, help="ais, bdmc: intermediate distributions")
-    p.add_argument("--chains", type=int, default=16, help="ais, bdmc: chains per example")
-    p.add_argument("--n", type=int, default=100, help="bdmc: examples simulated from the model")
-    p.add_argument("--limit", type=int, default=None, help="only the first N test examples")
+    p.add_argument("--k", type=count, default=5000, help="is: importance samples per example")
+    p.add_argument(
+        "--steps", type=count, default=1000, help="ais, bdmc: intermediate distributions"
+    )
+    p.add_argument("--chains", type=count, default=16, help="ais, bdmc: chains per example")
+    p.add_argument("--n", type=count, default=100, help="bdmc: examples simulated from the model")
+    p.add_argument("--limit", type=count, default=None, help="only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="override the run's device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -40,11 +44,25 @@ def run(args: argparse.Namespace) -> int:
 
     from dgm.files import atomic_write_text
 
+    check_seed_and_device(args)
     if args.k < 1:
         raise UsageError(f"--k {args.k}: expected a positive number of importance samples")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
+    if args.steps < 1 or args.chains < 1 or args.n < 1:
+        raise UsageError("--steps, --chains and --n must be positive")
     run_dir = Path(args.run_dir)
+    config = run_config(run_dir)
+    if args.method == "is":
+        need = sizes.evaluation(config, args.k, DEFAULT_PAIRS_PER_PASS)
+        check_memory(config, args.device, need, f"dgm eval --k {args.k}")
+    elif args.method == "ais":
+        check_memory(config, args.device, sizes.annealing(config, args.steps, args.chains), "AIS")
+    else:
+        need = sizes.annealing(config, args.steps, args.chains, min(args.n, 100))
+        floats = 2 * args.n * (sizes.data_shape(config)[2] + sum(sizes.latent_sizes(config)))
+        need.add(f"{args.n:,} simulated examples", "--n", sizes.FLOAT * floats)
+        check_memory(config, args.device, need, "BDMC")
     run = load_run(run_dir, device=args.device)
     if run.exact:
         summary = run.evaluate(limit=args.limit)
@@ -90,8 +108,6 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
 
     from dgm.files import atomic_write_text
 
-    if args.steps < 1 or args.chains < 1 or args.n < 1:
-        raise UsageError("--steps, --chains and --n must be positive")
     start = time.perf_counter()
     if args.method == "bdmc":
         summary = run.bdmc(args.n, args.steps, args.chains, args.seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dgm.api import load_run
-from dgm.cli.common import pm
+from dgm.cli.common import check_seed_and_device, count, pm
 from dgm.errors import UsageError
 from dgm.files import atomic_write_text
 
@@ -22,11 +22,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "after optimizing a q per test example from the encoder's (Cremer et al. 2018).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x)")
-    p.add_argument("--steps", type=int, default=500, help="Adam steps per test example's q")
+    p.add_argument("--k", type=count, default=5000, help="importance samples for log p(x)")
+    p.add_argument("--steps", type=count, default=500, help="Adam steps per test example's q")
     p.add_argument("--lr", type=float, default=0.05, help="their learning rate (cosine-annealed)")
-    p.add_argument("--elbo-samples", type=int, default=1000, help="samples for each ELBO")
-    p.add_argument("--limit", type=int, default=None, help="only the first N test examples")
+    p.add_argument("--elbo-samples", type=count, default=1000, help="samples for each ELBO")
+    p.add_argument("--limit", type=count, default=None, help="only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -36,6 +36,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dgm.plots import save_gap
 
+    check_seed_and_device(args)
     if args.k < 1 or args.steps < 1 or args.elbo_samples < 1 or not args.lr > 0:
         raise UsageError("--k, --steps, --elbo-samples and --lr must be positive")
     if args.limit is not None and args.limit < 1:

@@ -8,8 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import dgm.sizes as sizes
 from dgm.api import initial_run, load_run
-from dgm.errors import UsageError
+from dgm.cli.common import check_memory, check_seed_and_device, count, run_config
+from dgm.config import load_config
+from dgm.errors import UsageError, shorten
 from dgm.files import atomic_write_text
 
 
@@ -24,12 +27,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "reparameterization trick's variance.",
     )
     p.add_argument("target", metavar="RUN_DIR_or_CONFIG")
-    p.add_argument("--epoch", type=int, default=None, help="a run's checkpoint (default: last)")
+    p.add_argument("--epoch", type=count, default=None, help="a run's checkpoint (default: last)")
     p.add_argument("--k", default="1,10,100", help="samples per example to compare, e.g. 1,10")
-    p.add_argument("--repeats", type=int, default=100, help="gradient draws R per estimator")
-    p.add_argument("--batch-size", type=int, default=100, help="training examples in the batch")
+    p.add_argument("--repeats", type=count, default=100, help="gradient draws R per estimator")
+    p.add_argument("--batch-size", type=count, default=100, help="training examples in the batch")
     p.add_argument(
-        "--baseline-steps", type=int, default=500, help="steps fitting the baselines first"
+        "--baseline-steps", type=count, default=500, help="steps fitting the baselines first"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dgm.plots import save_gradvar
 
+    check_seed_and_device(args)
     try:
         ks = [int(v) for v in args.k.split(",") if v.strip()]
     except ValueError:
@@ -73,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.baseline_steps < 0:
         raise UsageError("--batch-size must be positive and --baseline-steps non-negative")
     target = Path(args.target)
+    config = run_config(target) if target.is_dir() else None
+    if config is None and target.suffix == ".toml":
+        config = load_config(target)
+    if config is not None:  # else _load says what it expected
+        need = sizes.gradients(config, ks, args.batch_size)
+        check_memory(config, args.device, need, f"dgm gradvar --k {shorten(args.k, 30)}")
     measured, what = _load(target, args.device, args.epoch)
     bars: dict[str, Any] = {}
 

@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import dgm.sizes as sizes
 from dgm.api import load_run
+from dgm.cli.common import check_memory, check_seed_and_device, count, run_config
 from dgm.errors import UsageError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw x ~ p(x | z), z ~ p(z) from a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--n", type=count, default=64, help="number of samples")
     p.add_argument("--out", metavar="FILE.png", help="output image (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -23,10 +25,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from dgm.plots import save_grid
 
+    check_seed_and_device(args)
     if args.n < 1:
         raise UsageError(f"--n {args.n}: expected a positive number of samples")
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "samples.png"
+    config = run_config(run_dir)
+    check_memory(config, args.device, sizes.sampling(config, args.n), f"dgm sample --n {args.n}")
     run = load_run(run_dir, device=args.device)
     save_grid(run.sample(args.n, seed=args.seed), out, run.data.image_shape)
     print(out)

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import dgm.sizes as sizes
 from dgm.api import load_run
+from dgm.cli.common import check_memory, check_seed_and_device, count, run_config
 from dgm.errors import UsageError
 
 #: (key, header, format) of the printed table
@@ -26,7 +28,7 @@ ROWS = (
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="sample quality (FID, KID, precision, recall, ...) of a run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--n", type=int, default=10000, help="number of samples (default 10000)")
+    p.add_argument("--n", type=count, default=10000, help="number of samples (default 10000)")
     p.add_argument(
         "--mean",
         action="store_true",
@@ -50,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from dgm.files import atomic_write_text
     from dgm.plots import save_score
 
+    check_seed_and_device(args)
     if args.n < 2:
         raise UsageError(f"--n {args.n}: expected at least 2 samples")
     run_dir = Path(args.run_dir)
+    config = run_config(run_dir)
+    check_memory(config, args.device, sizes.scoring(config, args.n), f"dgm score --n {args.n}")
     run = load_run(run_dir, device=args.device)
     stage = None if args.json else (lambda s: print(f"{s} ...", file=sys.stderr))
     result = run.score(args.n, seed=args.seed, mean=args.mean, on_stage=stage)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from dgm.build import fitted_by_em
-from dgm.cli.common import pm
+from dgm.cli.common import check_seed_and_device, pm
 from dgm.config import RUNTIME_KEYS, load_config, parse_value
-from dgm.errors import UsageError
+from dgm.errors import UsageError, shorten
 from dgm.registry import ESTIMATORS
 
 # flag -> dotted config key (flags override the config file and --set)
@@ -84,7 +84,7 @@ def parse_hidden(text: str) -> list[int]:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise UsageError(
-            f"--hidden {text}: expected comma-separated integers like 200,200"
+            f"--hidden {shorten(text)}: expected comma-separated integers like 200,200"
         ) from None
 
 
@@ -93,7 +93,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise UsageError(f"--set {item}: expected key=value, e.g. --set train.lr=3e-4")
+            raise UsageError(f"--set {shorten(item)}: expected key=value, e.g. --set train.lr=3e-4")
         out[key.strip()] = parse_value(value.strip())
     for flag, (key, _, _) in TRAIN_FLAGS.items():
         value = getattr(args, flag)
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from dgm.train.distributed import shutdown
     from dgm.train.run import is_main_process
 
+    check_seed_and_device(args, "train.device")
     values = overrides(args)
     main = is_main_process()  # under torchrun only rank 0 writes and prints
     start = time.perf_counter()

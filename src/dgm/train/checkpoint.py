@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,12 +29,26 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dgm.config import Config
 from dgm.errors import CheckpointError
 from dgm.files import fsync_dir
+from dgm.train.validate import show
 
 FORMAT = 1
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
+#: the files of a checkpoint directory: all dgm writes there
+FILES = (TENSORS, STATE)
+#: a state.json is read only if at most this large (a real one: tens of kilobytes)
+MAX_STATE_BYTES = 64 * 1024**2
+_KEYS = {"format", "epoch", "step", "config", "modules", "optimizer", "rng", "extra"}
+_NAME = re.compile(r"epoch-(\d{4,10})")
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch in a checkpoint directory's name (``epoch-0012``: 12), or None."""
+    m = _NAME.fullmatch(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -48,6 +63,40 @@ def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
+
+
+def _check_node(obj: Any, where: Path, key: str) -> None:
+    """``obj`` is what :func:`_flatten` writes: JSON scalars, lists, ``{"__tensor__": name}``
+    and ``{"__dict__": [[key, value], ...]}`` (keys: strings or integers), nothing else."""
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_node(v, where, f"{key}.{i}")
+        return
+    if isinstance(obj, dict) and set(obj) == {"__tensor__"} and isinstance(obj["__tensor__"], str):
+        return
+    if isinstance(obj, dict) and set(obj) == {"__dict__"} and isinstance(obj["__dict__"], list):
+        seen = set()
+        for pair in obj["__dict__"]:
+            if not (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and isinstance(pair[0], str | int)
+                and not isinstance(pair[0], bool)
+                and pair[0] not in seen
+            ):
+                raise CheckpointError(
+                    f"{where}: key '{key}' holds {show(pair)}; expected [key, value] pairs with "
+                    "distinct string or integer keys"
+                )
+            seen.add(pair[0])
+            _check_node(pair[1], where, f"{key}.{pair[0]}")
+        return
+    raise CheckpointError(
+        f"{where}: key '{key}' is {show(obj)}; expected a value, a list, a tensor reference "
+        "or a __dict__ of pairs"
+    )
 
 
 def _unflatten(obj: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
@@ -79,6 +128,8 @@ class Checkpoint:
     optimizer: dict[str, Any]
     rng: dict[str, Any]  # torch / data generator states as tensors, python / numpy as JSON
     extra: dict[str, Any]  # train time, last metrics
+    #: ``config`` validated (set when a checkpoint is loaded)
+    saved: Config | None = None
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:

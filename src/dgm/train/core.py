@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from dgm.config import Config, validate
 from dgm.data import TensorBatches
-from dgm.errors import CheckpointError, ConfigError, DGMError
+from dgm.errors import CheckpointError, ConfigError, NumericalError
 from dgm.methods.base import Method, Outcome
 from dgm.train.checkpoint import (
     Checkpoint,
@@ -35,10 +35,6 @@ from dgm.train.data import Data
 from dgm.train.rngs import capture_rngs, restore_rngs
 from dgm.train.schedule import changes_within_epoch, learning_rate
 from dgm.train.signals import stop_on_signals
-
-
-class NumericalError(DGMError):
-    """Training kept producing non-finite values; the run directory holds the last good state."""
 
 
 class _Diverged(Exception):
