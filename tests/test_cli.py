@@ -112,8 +112,8 @@ def test_existing_run_is_never_overwritten_without_force(tmp_path, capsys):
 def test_resume_refuses_changes_and_missing_runs(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--resume", str(tmp_path / "none"), "--quiet")
     assert code == 2 and "no such run directory" in err
-    code, _, err = run(capsys, "train", "--resume", str(tmp_path), "--lr", "0.1", "--quiet")
-    assert code == 2 and "only --epochs, --compile and --device may change" in err
+    code, _, err = run(capsys, "train", "--resume", str(tmp_path), "--k", "3", "--quiet")
+    assert code == 2 and "only --epochs, --lr, --compile and --device may change" in err
 
 
 def test_resume_may_change_how_a_run_computes_not_what(tmp_path, capsys):

@@ -65,14 +65,17 @@ def fit(
     on_start: Callable[[Path], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop_on_signals: bool = False,
+    on_removed: Callable[[list[Path]], None] | None = None,
 ) -> Run:
     """Train a run from ``config`` (a :class:`Config`, nested dicts, a TOML path, or None for the
     defaults) on ``data`` (None: the config's data set) in the run directory ``out`` (None: a
     new one under ``runs/``; ``force`` replaces a run already there), and return it.
 
     ``on_start(run_dir)`` is called once the device and data are checked, before anything is
-    written; ``on_epoch(metrics)`` after every epoch. With ``stop_on_signals``, SIGINT/SIGTERM
-    stop the run after the current epoch's checkpoint (``Run.stop_signal`` says which). Under
+    written; ``on_epoch(metrics)`` after every epoch; ``on_removed(paths)`` with what ``force``
+    removed of the run that was there (only files dgm wrote: :func:`dgm.manifest.remove_run`).
+    With ``stop_on_signals``, SIGINT/SIGTERM stop the run after the current epoch's checkpoint
+    (``Run.stop_signal`` says which). Under
     torchrun every process calls it with the same ``out``; only rank 0 writes."""
     from dgm.train import Trainer  # the training core and its figures: only when training
     from dgm.train.run import check_new_run, default_run_dir, is_main_process, prepare_new_run
@@ -91,7 +94,7 @@ def fit(
 
         if on_start is not None:
             on_start(run_dir)
-        run_classical(config, run_dir, on_iter=on_epoch, force=force)
+        run_classical(config, run_dir, on_iter=on_epoch, force=force, on_removed=on_removed)
         return load_run(run_dir)
     trainer = Trainer(config, run_dir, data=data)  # device and data checked before any write
     if on_start is not None:
@@ -100,7 +103,9 @@ def fit(
         return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
     with run_lock(run_dir):  # from here no other process creates, replaces or trains it
         check_new_run(run_dir, force=force)  # again: another may have started meanwhile
-        prepare_new_run(config, run_dir, force=force)
+        removed = prepare_new_run(config, run_dir, force=force)
+        if removed and on_removed is not None:
+            on_removed(removed)
         return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
 
 
@@ -110,6 +115,7 @@ def resume(
     *,
     compile: bool | None = None,  # noqa: A002 (train.compile)
     device: str | None = None,
+    lr: float | None = None,
     progress: bool = False,
     on_start: Callable[[Path], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -117,13 +123,15 @@ def resume(
 ) -> Run:
     """Continue the run in ``path`` from its last checkpoint, exactly as if it had not stopped;
     ``epochs`` extends a constant-rate run; ``compile`` and ``device`` change how it computes
-    from here on (:data:`dgm.config.RUNTIME_KEYS`)."""
+    from here on (:data:`dgm.config.RUNTIME_KEYS`); ``lr`` sets a new learning rate from the
+    last checkpoint on (a diverged run goes on at a smaller one; the first metrics row after
+    it holds ``lr_change``)."""
     from dgm.train import Trainer
     from dgm.train.run import is_main_process, open_resume
 
     run_dir = Path(path)
     with run_lock(run_dir, create=False) if is_main_process() else nullcontext():
-        config = open_resume(run_dir, epochs)
+        config = open_resume(run_dir, epochs, lr)
         if compile is not None:
             config.train.compile = compile
         if device is not None:
@@ -191,8 +199,8 @@ def load_run(
     torch.manual_seed(config.train.seed)
     model = build.build_model(config.model, data_dim).to(dev)
     posterior = build.build_posterior(config, data_dim, n_train).to(dev)
-    load_module_state(model, ckpt.modules["model"], ckpt_path)
-    load_module_state(posterior, ckpt.modules["posterior"], ckpt_path)
+    load_module_state(model, ckpt.modules.get("model", {}), ckpt_path)
+    load_module_state(posterior, ckpt.modules.get("posterior", {}), ckpt_path)
     return Run(
         path, config, model.eval(), posterior.eval(), data, ckpt.epoch, dev, read_metrics(path)
     )

@@ -8,7 +8,6 @@ matplotlib is imported by the first figure, not with dgm (``import dgm`` stays l
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,24 +99,29 @@ def save_side_by_side(
     save_figure(fig, path)
 
 
-def save_curves(metrics_path: Path, path: Path) -> None:
-    """Training curves from ``metrics.jsonl``: the bound per epoch, train and test."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line]
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    kept = [r for r in rows if isinstance(r.get(key), int | float)]
+    return [r["epoch"] for r in kept], [r[key] for r in kept]
+
+
+def save_curves(rows: list[dict], path: Path) -> None:
+    """Training curves from a run's metrics rows (``metrics.jsonl``): the bound per epoch,
+    train and test."""
+    rows = [r for r in rows if "epoch" in r]
     if not rows:
         return
-    epochs = [r["epoch"] for r in rows]
     keys = [k for k in ("train_elbo", "test_elbo", "train_iwae", "test_iwae") if k in rows[0]]
     keys = keys or [k for k in ("train_log_lik", "test_log_lik") if k in rows[0]]
     fig, axes = subplots(1, 2, figsize=(10, 4))
-    for k in keys:
-        axes[0].plot(epochs, [r[k] for r in rows], label=k)
+    for k in keys:  # a row without a key (a metric added on resume) is left out of its line
+        axes[0].plot(*_series(rows, k), label=k)
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("nats per example")
     axes[0].legend()
     axes[0].grid(alpha=0.3)
     for k in ("train_kl", "test_kl"):
         if k in rows[0]:
-            axes[1].plot(epochs, [r[k] for r in rows], label=k)
+            axes[1].plot(*_series(rows, k), label=k)
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("KL(q || p), nats")
     axes[1].legend()

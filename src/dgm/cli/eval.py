@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dgm.manifest as manifest
 import dgm.sizes as sizes
 from dgm.api import load_run
 from dgm.cli.common import check_memory, check_seed_and_device, count, pm, run_config
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         )
     summary["seconds"] = time.perf_counter() - start
     atomic_write_text(run_dir / f"eval-k{args.k}.json", json.dumps(summary, indent=2) + "\n")
+    manifest.record(run_dir, run_dir / f"eval-k{args.k}.json")
     if args.json:
         print(json.dumps(summary))
     else:
@@ -125,6 +127,7 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
     summary["seconds"] = time.perf_counter() - start
     name = f"eval-{args.method}-t{args.steps}-c{args.chains}.json"
     atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
+    manifest.record(run_dir, run_dir / name)
     if args.json:
         print(json.dumps(summary))
     elif args.method == "bdmc":

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dgm.manifest as manifest
 from dgm.api import load_run
 from dgm.cli.common import check_seed_and_device, count, pm
 from dgm.errors import UsageError
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     result["seconds"] = time.perf_counter() - start
     atomic_write_text(run_dir / "gap.json", json.dumps(result, indent=2) + "\n")
     save_gap(result, run_dir / "gap.png")
+    manifest.record(run_dir, run_dir / "gap.json", run_dir / "gap.png")
     if args.json:
         print(json.dumps(result))
     else:

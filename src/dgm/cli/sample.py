@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import dgm.manifest as manifest
 import dgm.sizes as sizes
 from dgm.api import load_run
 from dgm.cli.common import check_memory, check_seed_and_device, count, run_config
@@ -34,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     check_memory(config, args.device, sizes.sampling(config, args.n), f"dgm sample --n {args.n}")
     run = load_run(run_dir, device=args.device)
     save_grid(run.sample(args.n, seed=args.seed), out, run.data.image_shape)
+    manifest.record(run_dir, out)  # only when written into the run
     print(out)
     return 0

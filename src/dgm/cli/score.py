@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import dgm.manifest as manifest
 import dgm.sizes as sizes
 from dgm.api import load_run
 from dgm.cli.common import check_memory, check_seed_and_device, count, run_config
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir / f"{name}.png",
         run.data.image_shape,
     )
+    manifest.record(run_dir, run_dir / f"{name}.json", run_dir / f"{name}.png")
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 from dgm.build import fitted_by_em
 from dgm.cli.common import check_seed_and_device, pm
-from dgm.config import RUNTIME_KEYS, load_config, parse_value
+from dgm.config import RESUME_KEYS, load_config, parse_value
 from dgm.errors import UsageError, shorten
 from dgm.registry import ESTIMATORS
 
@@ -160,12 +161,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--resume RUN_DIR takes the run's own config; drop CONFIG/--out/--force"
             )
-        allowed = ("train.epochs", *RUNTIME_KEYS)
-        extra = {k: v for k, v in values.items() if k not in allowed}
+        extra = {k: v for k, v in values.items() if k not in RESUME_KEYS}
         if extra:
             raise UsageError(
-                "--resume: only --epochs, --compile and --device may change on resume, not "
-                f"{', '.join(sorted(extra))}"
+                "--resume: only --epochs, --lr, --compile and --device may change on resume, "
+                f"not {', '.join(sorted(extra))}"
             )
         train, target = (
             runs.resume,
@@ -174,13 +174,17 @@ def run(args: argparse.Namespace) -> int:
                 "epochs": values.get("train.epochs"),
                 "compile": values.get("train.compile"),
                 "device": values.get("train.device"),
+                "lr": values.get("train.lr"),
             },
         )
     else:
         config = load_config(args.config, values)
         if fitted_by_em(config):
             return train_classical(args, config)
-        train, target = runs.fit, {"config": config, "out": args.out, "force": args.force}
+        train, target = (
+            runs.fit,
+            {"config": config, "out": args.out, "force": args.force, "on_removed": removed},
+        )
     finished = False
     try:
         result = train(
@@ -194,6 +198,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown(wait=finished)  # every rank waits for rank 0's figures
     return report(result, start, main)
+
+
+def removed(paths: list[Path]) -> None:
+    """--force: say what of the old run was removed (only files dgm had written)."""
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    names = sorted(str(p.relative_to(root)) for p in paths)
+    shown = shorten(", ".join(names), 400)
+    print(f"--force: removed {len(paths)} file(s) of the old run in {root}: {shown}", flush=True)
 
 
 def report(result: Any, start: float, main: bool) -> int:
@@ -232,7 +244,14 @@ def train_classical(args: argparse.Namespace, config: Any) -> int:
                 flush=True,
             )
 
-    result = runs.fit(config, out=args.out, force=args.force, on_start=started, on_epoch=show)
+    result = runs.fit(
+        config,
+        out=args.out,
+        force=args.force,
+        on_start=started,
+        on_epoch=show,
+        on_removed=removed,
+    )
     r = result.metrics[-1]
     print(
         f"test log p(x) {r['test_log_likelihood']:.2f} {pm(r['test_log_likelihood_stderr'])} "

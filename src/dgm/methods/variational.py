@@ -294,9 +294,9 @@ class VariationalMethod(Method):
 
     def restorable(self, saved: dict[str, dict[str, torch.Tensor]]) -> list[tuple[Any, Any]]:
         return [
-            (self.model, saved["model"]),
-            (self.posterior, self._own_rows(saved["posterior"])),
-            # runs saved before estimators had state (issue 2) carry no "estimator" entry
+            (self.model, saved.get("model", {})),  # a missing one: refused by name on loading
+            (self.posterior, self._own_rows(saved.get("posterior", {}))),
+            # runs saved before estimators had state carry no "estimator" entry
             (self.estimator, saved.get("estimator", {})),
         ]
 

@@ -30,9 +30,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dgm.config import Config
-from dgm.errors import CheckpointError
-from dgm.files import fsync_dir
-from dgm.train.validate import show
+from dgm.config import validate as validate_config
+from dgm.errors import CheckpointError, ConfigError, shorten
+from dgm.files import WRITE_FAULTS, fsync_dir, read_json, write_error
+from dgm.train.validate import (
+    MAX_EPOCH,
+    MAX_STEP,
+    check_extra,
+    check_rng,
+    integer,
+    mapping,
+    show,
+)
 
 FORMAT = 1
 TENSORS = "tensors.safetensors"
@@ -191,8 +200,14 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
             "rng": _flatten(ckpt.rng, "rng", tensors),
             "extra": ckpt.extra,
         }
-        save_file(tensors, str(tmp / TENSORS))
-        (tmp / STATE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        for name, write in (
+            (TENSORS, lambda p: save_file(tensors, str(p))),
+            (STATE, lambda p: p.write_text(json.dumps(state) + "\n", encoding="utf-8")),
+        ):
+            try:  # a full disk: OSError, or safetensors' own SafetensorError
+                write(tmp / name)
+            except WRITE_FAULTS as err:
+                raise write_error(final / name, err) from None
         for f in (TENSORS, STATE):
             _fsync_file(tmp / f)
         fsync_dir(tmp)
@@ -208,8 +223,11 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in list_checkpoints(directory)[:-keep]:  # hidden first: never half a checkpoint
+        hidden = old.with_name(f".{old.name}.old")
+        shutil.rmtree(hidden, ignore_errors=True)
+        os.replace(old, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
     return final
 
 
@@ -231,42 +249,84 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint directory; any problem is a one-line CheckpointError naming the file."""
+    """Read a checkpoint directory; any problem is a one-line CheckpointError naming the file
+    and key: ``state.json`` is read only when a small regular file of shallow JSON, and every
+    value it holds is checked (:mod:`dgm.train.validate`) before anything uses it."""
+    path = Path(path)
     state_path, tensors_path = path / STATE, path / TENSORS
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = read_json(state_path, MAX_STATE_BYTES)
     except FileNotFoundError:
         raise CheckpointError(f"{state_path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise CheckpointError(f"{state_path}: cannot read it ({err.strerror or err})") from None
+    except ValueError as err:
         raise CheckpointError(f"{state_path}: not a valid checkpoint state ({err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{state_path}: unknown checkpoint format (expected format {FORMAT})")
+    unknown = sorted(set(state) - _KEYS)
+    missing = sorted({"epoch", "step", "config", "modules", "optimizer", "rng"} - set(state))
+    if unknown or missing:
+        what = (
+            f"key '{shorten(unknown[0])}' is unknown"
+            if unknown
+            else f"key '{missing[0]}' is missing"
+        )
+        raise CheckpointError(f"{state_path}: {what}")
+    epoch = integer(state["epoch"], state_path, "epoch", 0, MAX_EPOCH)
+    named = checkpoint_epoch(path)
+    if named is not None and named != epoch:
+        raise CheckpointError(
+            f"{state_path}: key 'epoch' is {epoch}; expected {named}, the directory's epoch"
+        )
+    step = integer(state["step"], state_path, "step", 0, MAX_STEP)
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(
+            f"{state_path}: key 'config' is {show(state['config'])}; expected a JSON object"
+        )
+    try:
+        saved = validate_config(state["config"], f"{state_path} (key 'config')")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    if epoch > saved.train.epochs:
+        raise CheckpointError(
+            f"{state_path}: key 'epoch' is {epoch}; the run it was written for has "
+            f"{saved.train.epochs} epochs"
+        )
+    modules_state = mapping(state["modules"], state_path, "modules")
+    for key in ("optimizer", "rng"):
+        _check_node(state[key], state_path, key)
+    extra = check_extra(state.get("extra", {}), epoch, saved, state_path)
     try:
         tensors = load_file(str(tensors_path))
     except FileNotFoundError:
         raise CheckpointError(f"{tensors_path}: missing") from None
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{tensors_path}: not a valid safetensors file ({err})") from None
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{state_path}: malformed checkpoint state (no config object)")
-    try:
-        modules: dict[str, dict[str, torch.Tensor]] = {}
-        for name, keys in state["modules"].items():
-            missing = [k for k in keys if f"{name}.{k}" not in tensors]
-            if missing:
-                raise CheckpointError(f"{tensors_path}: missing tensors {name}.{missing[0]} ...")
-            modules[name] = {k: tensors[f"{name}.{k}"] for k in keys}
-        return Checkpoint(
-            epoch=int(state["epoch"]),
-            step=int(state["step"]),
-            config=state["config"],
-            modules=modules,
-            optimizer=_unflatten(state["optimizer"], tensors, tensors_path),
-            rng=_unflatten(state["rng"], tensors, tensors_path),
-            extra=state.get("extra", {}),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{state_path}: malformed checkpoint state ({err!r})") from None
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for name, keys in modules_state.items():
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise CheckpointError(
+                f"{state_path}: key 'modules.{shorten(name)}' is {show(keys)}; expected a list "
+                "of tensor names"
+            )
+        missing = [k for k in keys if f"{name}.{k}" not in tensors]
+        if missing:
+            raise CheckpointError(f"{tensors_path}: missing tensors {name}.{missing[0]} ...")
+        modules[name] = {k: tensors[f"{name}.{k}"] for k in keys}
+    optimizer = _unflatten(state["optimizer"], tensors, tensors_path)
+    rng = _unflatten(state["rng"], tensors, tensors_path)
+    check_rng(rng, state_path)
+    return Checkpoint(
+        epoch=epoch,
+        step=step,
+        config=state["config"],
+        modules=modules,
+        optimizer=optimizer,
+        rng=rng,
+        extra=extra,
+        saved=saved,
+    )
 
 
 def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

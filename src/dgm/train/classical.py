@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+import dgm.manifest as manifest
 from dgm.config import Config
 from dgm.data import dequantize_fixed
 from dgm.errors import CheckpointError, ConfigError
@@ -134,6 +135,7 @@ def run_classical(
     run_dir: Path,
     on_iter: Callable[[dict[str, Any]], None] | None = None,
     force: bool = False,
+    on_removed: Callable[[list[Path]], None] | None = None,
 ) -> dict[str, Any]:
     """Fit, evaluate exactly on the test set, and only then create the run directory and write
     its files: a fit that fails (a singular covariance, say) leaves nothing behind."""
@@ -158,10 +160,13 @@ def run_classical(
         "fit_time_s": time.perf_counter() - start,
         **test_log_likelihood(model, data.x_test),
     }
-    prepare_new_run(config, run_dir, force=force)
+    removed = prepare_new_run(config, run_dir, force=force)
+    if removed and on_removed is not None:
+        on_removed(removed)
     save_classical(model, run_dir / WEIGHTS)
     lines = "".join(json.dumps(r) + "\n" for r in [*rows, result])
     atomic_write_text(run_dir / METRICS, lines)
     torch.manual_seed(config.train.seed)
     save_grid(classical_samples(model, 64), run_dir / "samples.png", data.image_shape)
+    manifest.record(run_dir, run_dir / WEIGHTS, run_dir / METRICS, run_dir / "samples.png")
     return result

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dgm.config import Config, validate
+from dgm.config import Config
 from dgm.data import TensorBatches
-from dgm.errors import CheckpointError, ConfigError, NumericalError
+from dgm.errors import CheckpointError, NumericalError
 from dgm.methods.base import Method, Outcome
 from dgm.train.checkpoint import (
     Checkpoint,
@@ -35,6 +35,12 @@ from dgm.train.data import Data
 from dgm.train.rngs import capture_rngs, restore_rngs
 from dgm.train.schedule import changes_within_epoch, learning_rate
 from dgm.train.signals import stop_on_signals
+from dgm.train.validate import (
+    check_loaded_optimizers,
+    check_optimizer_state,
+    check_trained_with,
+    held_optimizers,
+)
 
 
 class _Diverged(Exception):
@@ -201,15 +207,11 @@ class TrainingCore:
         path = path or latest_checkpoint(self.checkpoint_dir)
         if path is None:
             raise CheckpointError(f"{self.checkpoint_dir}: no complete checkpoint to resume from")
-        ckpt = load_checkpoint(path)
-        try:  # compare validated configs: keys added since the checkpoint take their defaults
-            saved = validate(ckpt.config, f"{path}/state.json")
-        except ConfigError as err:
-            raise CheckpointError(str(err)) from None
-        if saved.model != self.config.model:
-            raise CheckpointError(
-                f"{path}: was written for a different model configuration than {self.run_dir}"
-            )
+        ckpt = load_checkpoint(path)  # every value checked, its config validated
+        saved = ckpt.saved
+        # the run's config.json against what its checkpoint was trained with: only how it
+        # computes, its length and its learning rate may differ
+        check_trained_with(self.config, self.run_dir / "config.json", saved, path)
         reason = self.method.incompatibility(saved)
         if reason is not None:
             raise CheckpointError(f"{path}: {reason}")
@@ -218,10 +220,12 @@ class TrainingCore:
         self.epoch, self.step = ckpt.epoch, ckpt.step
         if weights_only:
             return path
+        check_optimizer_state(ckpt.optimizer, self.method.optimizer_state(), path / "state.json")
         try:
             self.method.load_optimizer_state(ckpt.optimizer)
-        except (ValueError, KeyError, RuntimeError) as err:
+        except (ValueError, KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"{path}: optimizer state does not match ({err})") from None
+        check_loaded_optimizers(held_optimizers(self.method), path / "state.json")
         try:
             restore_rngs(ckpt.rng, self.generator, self.noise_generator, self.dist, path)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+import dgm.manifest as manifest
 from dgm.build import fitted_by_em
 from dgm.config import (
     RUNTIME_KEYS,
@@ -31,22 +31,14 @@ from dgm.config import (
 )
 from dgm.errors import UsageError
 from dgm.evaluate import posterior_mean
-from dgm.files import atomic_write_text, run_lock
+from dgm.files import append_text, atomic_write_text, parse_json, run_lock
 from dgm.plots import save_curves, save_grid, save_reconstructions, save_side_by_side
 from dgm.train.checkpoint import latest_checkpoint, load_checkpoint
 from dgm.train.loop import Trainer
+from dgm.train.validate import metrics_row_fault
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
-#: files dgm writes into a run directory; ``--force`` removes these and nothing else
-RUN_FILES = (
-    CONFIG,
-    METRICS,
-    "samples.png",
-    "train_vs_generated.png",
-    "reconstructions.png",
-    "curves.png",
-)
 
 
 def default_run_dir(config: Config, root: Path = Path("runs")) -> Path:
@@ -59,56 +51,58 @@ def default_run_dir(config: Config, root: Path = Path("runs")) -> Path:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / CONFIG).exists() or (run_dir / "checkpoints").exists()
+    """Whether ``run_dir`` is a dgm run (:func:`dgm.manifest.is_run`)."""
+    return Path(run_dir).is_dir() and manifest.is_run(Path(run_dir))
 
 
 def check_new_run(run_dir: Path, force: bool = False) -> None:
-    """Refuse a ``run_dir`` that is a file, or that holds a run (unless ``force``)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: exists and is not a directory")
-    if holds_run(run_dir) and not force:
-        raise UsageError(
-            f"{run_dir}: already holds a run; use --resume {run_dir} to continue it, "
-            "or --force to replace it"
-        )
+    """Refuse a ``run_dir`` that is a symbolic link or a file, that holds files of its own (not
+    a dgm run), or that holds a run (unless ``force``)."""
+    manifest.check_writable(Path(run_dir), force)
 
 
-def prepare_new_run(config: Config, run_dir: Path, force: bool = False) -> None:
-    """Create ``run_dir`` for a new run; refuse to overwrite an existing run without ``force``."""
+def prepare_new_run(config: Config, run_dir: Path, force: bool = False) -> list[Path]:
+    """Create ``run_dir`` for a new run: its record first, then config.json. With ``force``,
+    a run already there is removed first, only what dgm wrote (:func:`dgm.manifest.remove_run`);
+    returns what was removed."""
+    run_dir = Path(run_dir)
     check_new_run(run_dir, force)
+    removed: list[Path] = []
     if holds_run(run_dir):
         with run_lock(run_dir):  # never delete a run that another process is training
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-            for p in run_dir.glob("eval-k*.json"):
-                p.unlink()
+            removed = manifest.remove_run(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / CONFIG)
     except OSError as err:
         raise UsageError(f"{run_dir}: cannot write the run directory ({err.strerror})") from None
+    manifest.create(run_dir)
+    save_config(config, run_dir / CONFIG)
+    manifest.record(run_dir, run_dir / CONFIG)
+    return removed
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Complete lines of ``metrics.jsonl``; a torn last line (a crash mid-write) is dropped."""
-    path = run_dir / METRICS
-    if not path.exists():
+    """The rows of ``metrics.jsonl`` up to its first line that is not one as dgm writes it (a
+    torn last line after a crash, or an edited one: what follows is dropped too)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists() or path.is_symlink() or not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = parse_json(line, max_depth=3)
+        except ValueError:
             break
+        if metrics_row_fault(row) is not None:
+            break
+        rows.append(row)
     return rows
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one row to ``metrics.jsonl``, never through a symbolic link."""
+    append_text(Path(run_dir) / METRICS, json.dumps(row) + "\n")
+    manifest.record(run_dir, Path(run_dir) / METRICS)
 
 
 def _sync_metrics_with_checkpoint(run_dir: Path, epoch: int, last: dict[str, Any]) -> None:
@@ -118,18 +112,25 @@ def _sync_metrics_with_checkpoint(run_dir: Path, epoch: int, last: dict[str, Any
         rows.append(last)
     text = "".join(json.dumps(r) + "\n" for r in rows)
     atomic_write_text(run_dir / METRICS, text)
+    manifest.record(run_dir, run_dir / METRICS)
 
 
-def open_resume(run_dir: Path, epochs: int | None = None) -> Config:
-    """The config of the run in ``run_dir``, optionally with more epochs."""
+def open_resume(run_dir: Path, epochs: int | None = None, lr: float | None = None) -> Config:
+    """The config of the run in ``run_dir``, optionally with more epochs or a new learning
+    rate (recorded as ``lr_change`` in the first metrics row it trains)."""
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     config = load_run_config(run_dir / CONFIG)
+    manifest.clean_leftovers(run_dir)  # what a killed write left behind
     if fitted_by_em(config):
         raise UsageError(
             f"--resume {run_dir}: a {config.model.kind} run is fitted by EM in one go and has "
             "nothing to resume; to refit it, train again with --force --out"
         )
+    if lr is not None:
+        if not (isinstance(lr, int | float) and 0 < lr < float("inf")):
+            raise UsageError(f"--resume {run_dir} --lr {lr}: expected a positive learning rate")
+        config.train.lr = float(lr)
     if epochs is None or epochs == config.train.epochs:
         return config
     done = latest_checkpoint(run_dir / "checkpoints")
@@ -183,13 +184,20 @@ def _train_run(
 ) -> Trainer:
     trainer = trainer or Trainer(config, run_dir)
     main = trainer.dist.is_main  # distributed: only rank 0 writes files
+    change: dict[str, Any] = {}
     if resume:
         path = latest_checkpoint(trainer.checkpoint_dir)
         if path is not None:
             trainer.restore(path)
-            ckpt_metrics = load_checkpoint(path).extra.get("metrics", {})
+            ckpt = load_checkpoint(path)
+            if ckpt.saved is not None and ckpt.saved.train.lr != config.train.lr:
+                # a new learning rate (a diverged run goes on at a smaller one): the rate is
+                # the one given from here, and the recoveries start afresh
+                change = {"epoch": trainer.epoch, "from": ckpt.saved.train.lr}
+                change["to"] = config.train.lr
+                trainer.lr_scale, trainer.recoveries = 1.0, 0
             if main:
-                _sync_metrics_with_checkpoint(run_dir, trainer.epoch, ckpt_metrics)
+                _sync_metrics_with_checkpoint(run_dir, trainer.epoch, ckpt.extra.get("metrics", {}))
         elif main:
             (run_dir / METRICS).unlink(missing_ok=True)
         if main:
@@ -198,6 +206,9 @@ def _train_run(
     def record(metrics: dict[str, Any]) -> None:
         if not main:
             return
+        if change:  # the first epoch after a change of learning rate says so
+            metrics = {**metrics, "lr_change": dict(change)}
+            change.clear()
         append_metrics(run_dir, metrics)
         if on_epoch is not None:
             on_epoch(metrics)
@@ -240,8 +251,12 @@ def _write_figures(trainer: Trainer, posterior: torch.nn.Module, x: torch.Tensor
     index = torch.arange(x.shape[0], device=x.device)
     x_rec = model.likelihood(posterior_mean(posterior(x, index))).mean  # decode E_q[z]
     save_reconstructions(x, x_rec, run_dir / "reconstructions.png", shape)
-    if (run_dir / METRICS).exists():
-        save_curves(run_dir / METRICS, run_dir / "curves.png")
+    written = ["samples.png", "train_vs_generated.png", "reconstructions.png"]
+    rows = read_metrics(run_dir)
+    if rows:
+        save_curves(rows, run_dir / "curves.png")
+        written.append("curves.png")
+    manifest.record(run_dir, *(run_dir / name for name in written))
 
 
 def load_trained(run_dir: Path, device: str | None = None, limit: int | None = None) -> Trainer:

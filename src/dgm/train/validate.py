@@ -93,7 +93,7 @@ def metrics_row_fault(row: Any) -> str | None:
         if not isinstance(value, _SCALAR):
             return f"key '{shorten(key)}' is {show(value)}; expected a number or a string"
         numeric = key in _NUMERIC or key.startswith(("train_", "test_"))
-        if numeric and not is_number(value):
+        if numeric and value is not None and not is_number(value):  # null: undefined
             return f"key '{shorten(key)}' is {show(value)}; expected a number"
         if key in ("epoch", "iteration") and not (is_int(value) and 0 <= value <= MAX_EPOCH):
             return f"key '{key}' is {show(value)}; expected an integer from 0 to {MAX_EPOCH}"
