@@ -391,3 +391,13 @@ def _mutate_and_run(run_dir, capsys, data):
     assert code in EXIT_CODES and code != 1, err
     if code != 0:
         one_line(err, code, code)
+
+
+def test_a_line_that_is_not_a_metrics_row_does_not_crash_the_curves(run_dir, capsys):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join([lines[0], "not json", '{"epoch": []}']))
+    (run_dir / "curves.png").unlink()
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--epochs", "3", "--quiet")
+    assert code == 0, err
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]  # epoch 2 from its checkpoint
+    assert (run_dir / "curves.png").stat().st_size > 0
