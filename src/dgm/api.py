@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import dgm.build as build
+import dgm.families as families
 import dgm.sizes as sizes
 from dgm.config import Config, load_config, load_run_config, validate
 from dgm.data.arrays import Data
@@ -159,7 +160,7 @@ def _trained(trainer, config, run_dir, resume, progress, on_epoch, stop_on_signa
         run_dir,
         config,
         trainer.model.eval(),
-        trainer.posterior.eval(),
+        trainer.posterior.eval() if trainer.posterior is not None else None,
         trainer.data,
         trainer.epoch,
         trainer.device,
@@ -197,6 +198,12 @@ def load_run(
     ckpt = load_checkpoint(ckpt_path)
     data_dim, n_train = data.x_train.shape[1], data.x_train.shape[0]
     torch.manual_seed(config.train.seed)
+    family = families.family(config.model.kind)
+    if family is not None:  # a GAN's generator, a diffusion model, an RBM
+        model = family.model(config, data).to(dev)
+        for module, state in family.restorable(model, ckpt.modules):
+            load_module_state(module, state, ckpt_path)
+        return Run(path, config, model.eval(), None, data, ckpt.epoch, dev, read_metrics(path))
     model = build.build_model(config.model, data_dim).to(dev)
     posterior = build.build_posterior(config, data_dim, n_train).to(dev)
     load_module_state(model, ckpt.modules.get("model", {}), ckpt_path)
@@ -211,9 +218,10 @@ def initial_run(config: ConfigLike = None, device: str | None = None) -> Run:
     seed and initialization, the decoder's output bias from the data's mean): for measuring
     gradient estimators before training. It has no directory (``path`` is the config's name)."""
     config = as_config(config)
-    if build.fitted_by_em(config):
+    if build.fitted_by_em(config) or families.family(config.model.kind) is not None:
         raise UsageError(
-            f"model.kind = '{config.model.kind}' is fitted by exact EM: no q to measure"
+            f"model.kind = '{config.model.kind}' has no variational q: no gradient estimator "
+            "to measure"
         )
     if device is not None:
         config.train.device = device

@@ -77,6 +77,9 @@ class DataConfig(_Section):
 
 
 CLASSICAL = ("ppca", "gmm")
+#: families trained by their own method on the training core, each with a config section
+#: (gan, diffusion, rbm) and its own defaults (see Config._family_defaults)
+FAMILIES = ("gan", "diffusion", "rbm")
 
 
 class UpperLayer(_Section):
@@ -103,8 +106,9 @@ def parse_posterior(text: str) -> tuple[str, int]:
 
 class ModelConfig(_Section):
     # vae: VB with a stochastic q; ae: the plain autoencoder baseline; ppca, gmm: the classical
-    # models of the lecture's first slides, fitted by exact EM (see the `em` section)
-    kind: Literal["vae", "ae", "ppca", "gmm"] = "vae"
+    # models of the lecture's first slides, fitted by exact EM (see the `em` section); gan,
+    # diffusion, rbm: the lecture's last slide, each configured by its own section
+    kind: Literal["vae", "ae", "ppca", "gmm", "gan", "diffusion", "rbm"] = "vae"
     latent_dim: PositiveInt = 50
     hidden: list[PositiveInt] = Field(default_factory=lambda: [200, 200])
     activation: Literal["tanh", "relu", "elu", "softplus", "leaky_relu", "gelu"] = "tanh"
@@ -191,6 +195,74 @@ class ObjectiveConfig(_Section):
         return self
 
 
+class GANConfig(_Section):
+    """Adversarial training (model.kind = gan): z ~ N(0, I) of model.latent_dim dimensions."""
+
+    # dcgan: Radford et al. 2016's convolutional nets sized for 28 x 28; mlp: Goodfellow et
+    # al. 2014's fully connected ones (ReLU generator, leaky-ReLU discriminator, `hidden` wide)
+    architecture: Literal["dcgan", "mlp"] = "dcgan"
+    # non-saturating and minimax: Goodfellow et al. 2014; wgan-gp: Gulrajani et al. 2017
+    loss: Literal["non-saturating", "minimax", "wgan-gp"] = "non-saturating"
+    critic_steps: PositiveInt | None = None  # discriminator updates per generator update
+    penalty: float = Field(10.0, ge=0)  # WGAN-GP's gradient-penalty weight lambda
+    channels: PositiveInt = 64  # dcgan: the generator is (2c, c) wide, the discriminator (c, 2c)
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 512])  # mlp: widths of both
+    # the discriminator's normalization; auto: batch for the minimax losses, layer norm for
+    # WGAN-GP (its penalty is per example, which batch statistics break)
+    norm: Literal["auto", "batch", "layer", "none"] = "auto"
+    # sigma of the Gaussian observation model p(x | z) = N(G(z), sigma^2 I) under which AIS
+    # estimates the generator's log p(x) (Wu et al. 2017); dgm eval --scale overrides it
+    observation_scale: PositiveFloat = 0.05
+
+    def resolved_critic_steps(self) -> int:
+        return self.critic_steps or (5 if self.loss == "wgan-gp" else 1)
+
+    def resolved_norm(self) -> str:
+        if self.norm != "auto":
+            return self.norm
+        return "layer" if self.loss == "wgan-gp" else "batch"
+
+
+class DiffusionConfig(_Section):
+    """Diffusion (model.kind = diffusion): Ho et al. 2020 as a latent-variable model."""
+
+    steps: PositiveInt = 1000  # T, the length of the chain
+    schedule: Literal["linear", "cosine"] = "linear"  # Ho et al. 2020; Nichol and Dhariwal 2021
+    # elbo: the bound itself, one random t per example; simple: Ho et al.'s unweighted noise
+    # loss (the true bound is reported either way)
+    objective: Literal["elbo", "simple"] = "simple"
+    channels: PositiveInt = 32  # the U-Net's base width
+    channel_mult: list[PositiveInt] = Field(default_factory=lambda: [1, 2])
+    blocks: PositiveInt = 1  # residual blocks per level
+    dropout: float = Field(0.0, ge=0, lt=1)
+    ema: float | None = Field(0.999, ge=0, lt=1)  # decay of the weights' average (None: none)
+    grad_clip: PositiveFloat | None = 1.0
+    # the bound after every epoch: on the first eval_examples test examples, from eval_steps
+    # stratified time steps per example (an unbiased estimate; none: all T steps summed)
+    eval_examples: PositiveInt | None = 1000
+    eval_steps: Annotated[int, Field(ge=2)] | None = 10  # at most diffusion.steps
+    # sampling: DDIM on this many time steps (Song et al. 2021; at most diffusion.steps), or
+    # none for ancestral sampling over all T
+    sampling_steps: Annotated[int, Field(ge=2)] | None = 100
+
+
+class RBMConfig(_Section):
+    """The restricted Boltzmann machine (model.kind = rbm), trained by CD-k or PCD-k."""
+
+    hidden: PositiveInt = 500
+    k: PositiveInt = 1  # Gibbs sweeps per update
+    persistent: bool = False  # PCD (Tieleman 2008): chains carried across updates
+    chains: PositiveInt = 100  # persistent chains
+    momentum: float = Field(0.9, ge=0, lt=1)
+    initial_momentum: float = Field(0.5, ge=0, lt=1)
+    momentum_switch_epochs: float = Field(5.0, ge=0)
+    weight_decay: float = Field(2e-4, ge=0)
+    # AIS for log Z (dgm eval): inverse temperatures and independent runs; sampling sweeps
+    temperatures: PositiveInt = 14_500
+    runs: PositiveInt = 100
+    sampling_steps: PositiveInt = 1000
+
+
 class InferenceConfig(_Section):
     # amortized: an encoder network q_phi(z | x); local: a (lambda_n, eta_n) table per example
     kind: Literal["amortized", "local"] = "amortized"
@@ -250,12 +322,28 @@ class TrainConfig(_Section):
         return self
 
 
+#: what each family changes in the defaults (a config or --set still overrides each): the
+#: GAN's Adam (Radford et al. 2016) on dequantized grey levels (Wu et al. 2017's protocol);
+#: diffusion's Adam rate (Ho et al. 2020); the RBM's SGD rate (Salakhutdinov and Murray 2008)
+FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "gan": {
+        "train": {"lr": 2e-4, "betas": (0.5, 0.999)},
+        "data": {"binarize": "none", "dequantize": True},
+    },
+    "diffusion": {"train": {"lr": 2e-4}},
+    "rbm": {"train": {"lr": 0.05}},
+}
+
+
 class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     em: EMConfig = Field(default_factory=EMConfig)
+    gan: GANConfig = Field(default_factory=GANConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    rbm: RBMConfig = Field(default_factory=RBMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="before")
@@ -271,6 +359,14 @@ class Config(_Section):
                 section.setdefault("binarize", "none")
                 section.setdefault("dequantize", True)
                 data = {**data, "data": section}
+            kind = model.get("kind") if isinstance(model, dict) else None
+            if isinstance(kind, str) and kind in FAMILY_DEFAULTS:
+                for name, defaults in FAMILY_DEFAULTS[kind].items():
+                    section = data.get(name)
+                    section = dict(section) if isinstance(section, dict) else {}
+                    for key, value in defaults.items():
+                        section.setdefault(key, value)
+                    data = {**data, name: section}
         return data
 
     @model_validator(mode="after")
@@ -278,7 +374,7 @@ class Config(_Section):
         if (
             self.model.likelihood == "bernoulli"
             and self.data.binarize == "none"
-            and self.model.kind not in CLASSICAL  # their likelihood is part of the model
+            and self.model.kind not in (*CLASSICAL, *FAMILIES)  # theirs is part of the model
         ):
             raise ValueError(
                 "model.likelihood = 'bernoulli' needs binary data: set data.binarize to 'dynamic' "
@@ -339,7 +435,45 @@ class Config(_Section):
             )
         if self.model.kind == "ae" and self.inference.kind == "local":
             raise ValueError("inference.kind = 'local' is per-datapoint VB: use model.kind = 'vae'")
+        self._check_family()
         return self
+
+    def _check_family(self) -> None:
+        kind = self.model.kind
+        if kind not in FAMILIES:
+            return
+        if self.inference.kind == "local":
+            raise ValueError(
+                f"model.kind = '{kind}' has no q(z | x): inference.kind = 'local' is VB"
+            )
+        if self.train.precision != "float32" or self.train.compile:
+            raise ValueError(
+                f"model.kind = '{kind}' trains in float32, eagerly: set train.precision = "
+                "'float32' and train.compile = false"
+            )
+        if self.train.lr_schedule == "iwae":
+            raise ValueError(f"train.lr_schedule = 'iwae' is the IWAE's; model.kind = '{kind}'")
+        binary = self.data.binarize != "none"
+        if kind == "rbm" and not binary:
+            raise ValueError(
+                "model.kind = 'rbm' is a Bernoulli-Bernoulli RBM: it needs data.binarize = "
+                "'dynamic' or 'static'"
+            )
+        if kind == "diffusion" and self.data.dequantize:
+            raise ValueError(
+                "model.kind = 'diffusion' models binary pixels (Bernoulli decoder) or the 256 "
+                "grey levels (discretized Gaussian decoder): set data.dequantize = false"
+            )
+        if kind == "gan" and binary:
+            raise ValueError(
+                "model.kind = 'gan' generates grey levels in [0, 1]: set data.binarize = 'none' "
+                "(a discriminator tells binary images from grey ones at once)"
+            )
+        if kind == "gan" and self.gan.loss == "wgan-gp" and self.gan.resolved_norm() == "batch":
+            raise ValueError(
+                "gan.norm = 'batch' with gan.loss = 'wgan-gp': the gradient penalty is per "
+                "example, which batch statistics break; use 'layer' or 'none'"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

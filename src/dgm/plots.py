@@ -104,28 +104,38 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return [r["epoch"] for r in kept], [r[key] for r in kept]
 
 
-def save_curves(rows: list[dict], path: Path) -> None:
-    """Training curves from a run's metrics rows (``metrics.jsonl``): the bound per epoch,
-    train and test."""
+#: the VAE's panels: the bound, train and test, and the KL
+VAE_CURVES = (
+    ("nats per example", ("train_elbo", "test_elbo", "train_iwae", "test_iwae")),
+    ("KL(q || p), nats", ("train_kl", "test_kl")),
+)
+
+
+def save_curves(
+    rows: list[dict],
+    path: Path,
+    panels: Sequence[tuple[str, Sequence[str]]] | None = None,
+) -> None:
+    """Training curves from a run's metrics rows (``metrics.jsonl``): one panel per
+    (y label, metric names) of ``panels`` (default: :data:`VAE_CURVES`; the AE's
+    reconstruction when it has no bound), each metric the first row has as a line."""
     rows = [r for r in rows if "epoch" in r]
     if not rows:
         return
-    keys = [k for k in ("train_elbo", "test_elbo", "train_iwae", "test_iwae") if k in rows[0]]
-    keys = keys or [k for k in ("train_log_lik", "test_log_lik") if k in rows[0]]
-    fig, axes = subplots(1, 2, figsize=(10, 4))
-    for k in keys:  # a row without a key (a metric added on resume) is left out of its line
-        axes[0].plot(*_series(rows, k), label=k)
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("nats per example")
-    axes[0].legend()
-    axes[0].grid(alpha=0.3)
-    for k in ("train_kl", "test_kl"):
-        if k in rows[0]:
-            axes[1].plot(*_series(rows, k), label=k)
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("KL(q || p), nats")
-    axes[1].legend()
-    axes[1].grid(alpha=0.3)
+    panels = list(panels or VAE_CURVES)
+    if panels[0][1] == VAE_CURVES[0][1] and not any(k in rows[0] for k in panels[0][1]):
+        panels[0] = ("nats per example", ("train_log_lik", "test_log_lik"))
+    panels = [(label, [k for k in keys if k in rows[0]]) for label, keys in panels]
+    panels = [(label, keys) for label, keys in panels if keys] or [("", [])]
+    fig, axes = subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (label, keys) in zip(np.atleast_1d(axes), panels, strict=True):
+        for k in keys:  # a row without a key (a metric added on resume) is left out of its line
+            ax.plot(*_series(rows, k), label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if keys:
+            ax.legend()
+        ax.grid(alpha=0.3)
     save_figure(fig, path)
 
 
@@ -215,3 +225,26 @@ def image_grid_pairs(
     d = samples.shape[-1]
     a, b = samples[:n].reshape(-1, min(8, n), d), nearest[:n].reshape(-1, min(8, n), d)
     return image_grid(torch.stack([a, b], 1).reshape(-1, d), image_shape, nrow=min(8, n), scale=1)
+
+
+def save_progress(
+    images: torch.Tensor, epochs: Sequence[int], path: Path, image_shape: tuple[int, int] = (28, 28)
+) -> None:
+    """One row of samples per epoch (``images`` (E, n, D), the same latent vectors in every
+    row), labelled by epoch: a whole run in one picture. At most 20 rows, evenly spaced, the
+    last one kept."""
+    e = images.shape[0]
+    keep = sorted({round(i * (e - 1) / 19) for i in range(20)}) if e > 20 else list(range(e))
+    images, epochs = images[keep], [epochs[i] for i in keep]
+    n = images.shape[1]
+    grid = image_grid(images.reshape(-1, images.shape[-1]), image_shape, nrow=n, scale=1)
+    h = image_shape[0] + 2
+    fig, ax = subplots(figsize=(1 + 0.5 * n, 0.6 + 0.5 * len(keep)))
+    ax.imshow(np.asarray(grid), cmap="gray", vmin=0, vmax=255)
+    ax.set_yticks(
+        [2 + h * i + image_shape[0] / 2 for i in range(len(keep))], [str(x) for x in epochs]
+    )
+    ax.set_xticks([])
+    ax.set_ylabel("epoch")
+    ax.set_title("the same z, epoch by epoch")
+    save_figure(fig, path)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 import dgm.build as build
+import dgm.families as families
 from dgm.ais import AISResult, ais_log_likelihood, bdmc
 from dgm.config import Config
 from dgm.data import TensorBatches, binarize_fixed, dequantize_fixed
@@ -31,6 +32,9 @@ from dgm.gradvar import compare_estimators, warm_up_baseline
 from dgm.metrics import Reference, Report, report
 from dgm.variational import LocalGaussian
 
+#: a family's samplers draw at most this many images at once
+SAMPLE_CHUNK = 500
+
 
 @dataclass
 class Run:
@@ -39,7 +43,9 @@ class Run:
     path: Path
     config: Config
     model: nn.Module
-    posterior: nn.Module | None  # None for PPCA and the GMM (exact posteriors)
+    # None for PPCA and the GMM (exact posteriors) and the families of dgm.families (the
+    # GAN's generator, a diffusion model, an RBM: no q(z | x))
+    posterior: nn.Module | None
     data: Data
     epoch: int
     device: torch.device
@@ -55,9 +61,19 @@ class Run:
         return self.config.model.kind
 
     @property
+    def family(self) -> families.Family | None:
+        """The run's family (:mod:`dgm.families`: gan, diffusion, rbm), or None (a VAE, an
+        autoencoder, PPCA or the GMM)."""
+        return families.family(self.kind)
+
+    @property
     def exact(self) -> bool:
         """Whether the model's log p(x) and posterior are exact (PPCA, the GMM): no q."""
-        return self.posterior is None
+        return self.posterior is None and self.family is None
+
+    def _require_variational(self, what: str) -> None:
+        if self.family is not None:
+            raise UsageError(f"{self.path}: a '{self.kind}' run has no q(z | x): {what}")
 
     @property
     def provides(self) -> frozenset[str]:
@@ -67,12 +83,14 @@ class Run:
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for images x (B, D): the encoder's, or (per-datapoint inference, held-out
         x) a q_n fitted to each x with theta fixed (``inference.test_steps`` Adam steps)."""
+        self._require_variational("nothing to encode with")
         if self.posterior is None:
             return self.model.posterior(x)
         return self._test_posterior(x)(x, torch.arange(x.shape[0], device=x.device))
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x | z) for latent codes z (..., d)."""
+        self._require_variational("no decoder p(x | z)")
         return self.model.likelihood(z)
 
     @torch.no_grad()
@@ -81,15 +99,38 @@ class Run:
         return self.decode(posterior_mean(self.encode(x))).mean
 
     @torch.inference_mode()
-    def sample(self, n: int, seed: int | None = None, mean: bool = True) -> torch.Tensor:
+    def sample(
+        self, n: int, seed: int | None = None, mean: bool = True, steps: int | None = None
+    ) -> torch.Tensor:
         """n images from the model, z ~ p(z): the means of p(x | z) (``mean``, to look at) or
         draws x ~ p(x | z) (the model's samples, clamped to [0, 1] for Gaussian pixels): (n, D).
-        A Gaussian mixture's mean is the mean of the drawn component."""
+        A Gaussian mixture's mean is the mean of the drawn component. The families' samplers
+        (:mod:`dgm.families`): a GAN's G(z); a diffusion model's chain (DDIM on ``steps`` time
+        steps, or ancestral with ``steps`` = T; default ``diffusion.sampling_steps``); an RBM's
+        Gibbs chains (``steps`` sweeps; default ``rbm.sampling_steps``)."""
         if n < 1:
             raise UsageError(f"sample: n = {n}; expected a positive number of samples")
         if seed is not None:
             torch.manual_seed(seed)
         model = self.model.eval()
+        family = self.family
+        if family is not None:
+            if steps is not None and not family.sampler_has_steps:
+                raise UsageError(
+                    f"sample: a '{self.kind}' run samples in one step; steps do not apply"
+                )
+            steps = family.sampling_steps(self.config) if steps is None else steps
+            options = {} if steps is None else {"steps": steps}
+            try:  # in chunks: a U-Net's feature maps for 10,000 images would not fit
+                chunks = [
+                    model.generate(min(SAMPLE_CHUNK, n - i), mean=mean, **options)
+                    for i in range(0, n, SAMPLE_CHUNK)
+                ]
+                return torch.cat(chunks).float().clamp(0, 1)
+            except (TypeError, ValueError) as err:
+                raise UsageError(f"sample: {self.path} ({self.kind}): {err}") from None
+        if steps is not None:
+            raise UsageError(f"sample: a '{self.kind}' run samples in one step; steps do not apply")
         z, p_x = model.sample(n)
         if isinstance(p_x, torch.Tensor):  # a Gaussian mixture draws x itself, z is the component
             x = model.means[z] if mean else p_x
@@ -103,6 +144,7 @@ class Run:
         seed: int = 0,
         mean: bool = False,
         on_stage: Callable[[str], None] | None = None,
+        steps: int | None = None,
         **options: Any,
     ) -> Report:
         """Sample quality in the shipped MNIST feature space (:mod:`dgm.metrics`): ``n`` samples
@@ -117,7 +159,7 @@ class Run:
             )
         if on_stage is not None:
             on_stage("sampling")
-        samples = self.sample(n, seed=seed, mean=mean)
+        samples = self.sample(n, seed=seed, mean=mean, steps=steps)
         train = self.data.x_train
         if mean:
             test = build.grey_test_images(self.config, self.device)
@@ -139,6 +181,8 @@ class Run:
         if k < 1:
             raise UsageError(f"evaluate: k = {k}; expected a positive number of samples")
         x = self.data.x_test[:limit]
+        if self.family is not None:
+            return self._family_bound(x, k, seed, on_batch)
         if self.exact:
             from dgm.train.classical import test_log_likelihood
 
@@ -150,6 +194,43 @@ class Run:
         summary: dict[str, Any] = {**result.summary(), "epoch": self.epoch}
         summary.update(active_units(posterior, x))
         return summary
+
+    def _family_bound(
+        self, x: torch.Tensor, k: int, seed: int, on_batch: Any = None
+    ) -> dict[str, Any]:
+        """A diffusion model's ELBO in nats on ``x``: every example's bound estimated from ``k``
+        stratified time steps (the decoder's term always; k = T: every step summed)."""
+        if "bound" not in self.family.provides:
+            raise UsageError(
+                f"{self.path}: a '{self.kind}' run has no bound on ln p(x) to evaluate; "
+                "estimate it with --method ais"
+            )
+        model = self.model.eval()
+        k = min(k, model.T)
+        if k < 2:
+            raise UsageError(f"evaluate: k = {k}; a diffusion bound needs at least 2 time steps")
+        generator = torch.Generator(x.device).manual_seed(seed)
+        batch = self.config.train.eval_batch_size
+        per_call = max(1, 4096 // k)
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, x.shape[0], per_call):
+                x_b = x[start : start + per_call]
+                parts.append(model.elbo_estimate(x_b, k, max(batch, 4096), generator).double())
+                if on_batch is not None:
+                    on_batch(start + x_b.shape[0])
+        elbo = torch.cat(parts)
+        n = elbo.numel()
+        stderr = float(elbo.std() / n**0.5) if n > 1 else None
+        return {
+            "elbo": float(elbo.mean()),
+            "elbo_stderr": stderr,
+            "log_likelihood_bound": "elbo",
+            "time_steps": k,
+            "steps": model.T,
+            "examples": n,
+            "epoch": self.epoch,
+        }
 
     def evaluate_ais(
         self,
@@ -168,17 +249,46 @@ class Run:
         self._require_decoder()
         torch.manual_seed(seed)
         x = self.data.x_test[:limit]
+        if self.kind == "rbm":
+            return self._rbm_ais(x, steps, chains, seed)
+        model = self._annealed_model(options.pop("scale", None))
         parts, acceptance = [], 0.0
         for start in range(0, x.shape[0], batch_size):
-            r = ais_log_likelihood(
-                self.model.eval(), x[start : start + batch_size], steps, chains, **options
-            )
+            r = ais_log_likelihood(model, x[start : start + batch_size], steps, chains, **options)
             parts.append(r.log_likelihood)
             acceptance += r.acceptance * r.log_likelihood.numel()
             if on_batch is not None:
                 on_batch(start + r.log_likelihood.numel())
         result = AISResult(torch.cat(parts), steps, chains, acceptance / x.shape[0], "forward")
-        return {**result.summary(), "method": "ais", "epoch": self.epoch}
+        summary = {**result.summary(), "method": "ais", "epoch": self.epoch}
+        if self.kind == "gan":
+            summary["observation_scale"] = model.scale
+        return summary
+
+    def _annealed_model(self, scale: float | None = None) -> nn.Module:
+        """The model AIS anneals over: the decoder model itself, or a GAN's generator with
+        Wu et al. 2017's observation model N(G(z), scale^2 I) (default
+        ``gan.observation_scale``)."""
+        if self.kind != "gan":
+            if scale is not None:
+                raise UsageError(f"{self.path}: --scale is the GAN's observation model's sigma")
+            return self.model.eval()
+        from dgm.models.gan import ObservedGenerator
+
+        scale = self.config.gan.observation_scale if scale is None else scale
+        if not (isinstance(scale, int | float) and scale > 0):
+            raise UsageError(f"--scale {scale}: expected a positive sigma")
+        return ObservedGenerator(self.model.eval(), float(scale))
+
+    def _rbm_ais(self, x: torch.Tensor, temperatures: int, runs: int, seed: int) -> dict[str, Any]:
+        """ln p(x) = -F(x) - log Z, log Z by AIS over ``temperatures`` from the base-rate RBM
+        with ``runs`` runs (Salakhutdinov and Murray 2008)."""
+        if temperatures < 3:
+            raise UsageError(f"--steps {temperatures}: AIS needs at least 3 temperatures")
+        result = self.family.log_likelihood(
+            self.model.eval(), self.data, x, temperatures, runs, seed
+        )
+        return {**result, "method": "ais", "epoch": self.epoch}
 
     def bdmc(
         self, n: int = 100, steps: int = 1000, chains: int = 16, seed: int = 0, **options: Any
@@ -186,12 +296,22 @@ class Run:
         """Bidirectional Monte Carlo (Grosse et al. 2015) on ``n`` examples simulated from the
         model: AIS's lower and reverse AIS's upper bound on their log p(x), and the gap."""
         self._require_decoder()
+        if self.kind == "rbm":
+            raise UsageError(
+                f"{self.path}: BDMC anneals over z of a decoder model; an RBM has none"
+            )
         torch.manual_seed(seed)
-        return {**bdmc(self.model.eval(), n, steps, chains, **options), "epoch": self.epoch}
+        model = self._annealed_model(options.pop("scale", None))
+        return {**bdmc(model, n, steps, chains, **options), "epoch": self.epoch}
 
     def _require_decoder(self) -> None:
         if self.exact:
             raise UsageError(f"{self.path}: a '{self.kind}' run has an exact log p(x): use IS")
+        if self.family is not None and "ais" not in self.family.provides:
+            raise UsageError(
+                f"{self.path}: a '{self.kind}' run has no AIS estimate here; its bound is "
+                "dgm eval's default method"
+            )
 
     def gaps(self, k: int = 5000, limit: int | None = None, seed: int = 0, **options: Any):
         """The approximation and amortization gaps on the test set (Cremer et al. 2018): see
@@ -283,6 +403,7 @@ class Run:
 
     def _require_density(self, what: str) -> None:
         """Refuse exact models and point-mass codes (the autoencoder) in one line."""
+        self._require_variational(what)
         if "density" not in self.provides:
             code = "an exact model" if self.exact else "a point-mass code (an autoencoder)"
             raise UsageError(f"{self.path}: a '{self.kind}' run, {code}, {what}")

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+import dgm.families as families
 from dgm.config import CLASSICAL, Config, parse_posterior, parse_size
 from dgm.errors import MemoryLimitError, shorten
+from dgm.families.base import meta_count
 
 #: the data sets dgm knows have 60,000 training and 10,000 test images of 28 x 28
 DEFAULT_SHAPE = (60_000, 10_000, 784)
@@ -99,6 +101,12 @@ def networks(config: Config, data_dim: int, n_train: int) -> list[Part]:
     """Every network and table a (non-classical) configuration builds, as :func:`dgm.build`
     builds them (``build_model``, ``build_posterior``, ``build_estimator``)."""
     mc, oc = config.model, config.objective
+    fam = families.family(mc.kind)
+    if fam is not None:  # counted from the modules themselves, built on the meta device
+        return [
+            Part(name, keys, meta_count(module), FLOAT * sum(b.numel() for b in module.buffers()))
+            for name, keys, module in fam.networks(config, data_dim)
+        ]
     D, d = data_dim, mc.latent_dim
     out = 2 * D if mc.likelihood == "gaussian-learned" else D
     sigma = 1 if mc.likelihood == "gaussian-isotropic" else 0
@@ -184,6 +192,10 @@ def activations(config: Config, data_dim: int, batch: int, k: int) -> list[Activ
     """Per network, its activations in one forward pass on ``batch`` examples with ``k``
     samples of z each (K x B rows after sampling)."""
     mc = config.model
+    fam = families.family(mc.kind)
+    if fam is not None:
+        floats = fam.activation_floats(config, data_dim, batch)
+        return [Activation(f"{mc.kind} networks", f"{mc.kind}.*", floats, max(1, floats // 8))]
     D, d = data_dim, mc.latent_dim
     rows = batch * k
     sizes = latent_sizes(config)

@@ -21,16 +21,39 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
         "--method",
-        choices=("is", "ais", "bdmc"),
-        default="is",
-        help="is: importance sampling from q (default); ais: annealed importance sampling from "
-        "the prior with HMC; bdmc: AIS's lower and reverse AIS's upper bound on simulated data",
+        choices=("is", "ais", "bdmc", "bound"),
+        default=None,
+        help="is: importance sampling from q (a VAE's default); ais: annealed importance "
+        "sampling (from the prior with HMC; an RBM's log Z from its base rate by Gibbs: the "
+        "RBM's and the GAN's default); bdmc: AIS's lower and reverse AIS's upper bound on "
+        "simulated data; bound: a diffusion model's ELBO (its default)",
     )
-    p.add_argument("--k", type=count, default=5000, help="is: importance samples per example")
     p.add_argument(
-        "--steps", type=count, default=1000, help="ais, bdmc: intermediate distributions"
+        "--k",
+        type=count,
+        default=None,
+        help="is: importance samples per example (5000); bound: time steps per example, the "
+        "decoder's and one per stratum of the rest (100; the chain's length T: every step)",
     )
-    p.add_argument("--chains", type=count, default=16, help="ais, bdmc: chains per example")
+    p.add_argument(
+        "--steps",
+        type=count,
+        default=None,
+        help="ais, bdmc: intermediate distributions (1000; an RBM: rbm.temperatures)",
+    )
+    p.add_argument(
+        "--chains",
+        type=count,
+        default=None,
+        help="ais, bdmc: chains per example (16; an RBM: rbm.runs runs for log Z)",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="a GAN's AIS: sigma of its observation model N(G(z), sigma^2 I) "
+        "(gan.observation_scale)",
+    )
     p.add_argument("--n", type=count, default=100, help="bdmc: examples simulated from the model")
     p.add_argument("--limit", type=count, default=None, help="only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
@@ -46,14 +69,19 @@ def run(args: argparse.Namespace) -> int:
     from dgm.files import atomic_write_text
 
     check_seed_and_device(args)
-    if args.k < 1:
+    if args.k is not None and args.k < 1:
         raise UsageError(f"--k {args.k}: expected a positive number of importance samples")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
-    if args.steps < 1 or args.chains < 1 or args.n < 1:
+    if any(v is not None and v < 1 for v in (args.steps, args.chains, args.n)):
         raise UsageError("--steps, --chains and --n must be positive")
     run_dir = Path(args.run_dir)
     config = run_config(run_dir)
+    resolve_defaults(args, config)
+    if args.scale is not None and config.model.kind != "gan":
+        raise UsageError("--scale is the sigma of a GAN's observation model: this run is not a GAN")
+    if args.method == "bound":
+        return run_bound(args, run_dir)
     if args.method == "is":
         need = sizes.evaluation(config, args.k, DEFAULT_PAIRS_PER_PASS)
         check_memory(config, args.device, need, f"dgm eval --k {args.k}")
@@ -78,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.method != "is":
         return run_ais(args, run, run_dir)
+    if run.family is not None:
+        raise UsageError(
+            f"--method is: a '{config.model.kind}' run has no q(z | x) to sample from; use "
+            f"--method {DEFAULT_METHOD.get(config.model.kind, 'ais')}"
+        )
     n = run.data.x_test[: args.limit].shape[0]
     start = time.perf_counter()
     with tqdm(total=n, disable=args.json or args.quiet, desc=f"log p(x), k={args.k}") as bar:
@@ -111,8 +144,9 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
     from dgm.files import atomic_write_text
 
     start = time.perf_counter()
+    options = {} if args.scale is None else {"scale": args.scale}
     if args.method == "bdmc":
-        summary = run.bdmc(args.n, args.steps, args.chains, args.seed)
+        summary = run.bdmc(args.n, args.steps, args.chains, args.seed, **options)
     else:
         n = run.data.x_test[: args.limit].shape[0]
         desc = f"AIS, {args.steps} steps x {args.chains} chains"
@@ -123,6 +157,7 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
                 args.limit,
                 args.seed,
                 on_batch=lambda d: bar.update(d - bar.n),
+                **options,
             )
     summary["seconds"] = time.perf_counter() - start
     name = f"eval-{args.method}-t{args.steps}-c{args.chains}.json"
@@ -136,11 +171,75 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
             f" lower {summary['lower']:.2f}, upper {summary['upper']:.2f}, gap "
             f"{summary['gap']:.2f} {pm(summary['gap_stderr'])} nats"
         )
+    elif run.kind == "rbm":
+        print(
+            f"test log p(x)        {summary['log_likelihood']:.2f} "
+            f"{pm(summary['log_likelihood_stderr'])} nats (AIS for log Z: {args.steps} "
+            f"temperatures x {args.chains} runs, n = {summary['examples']})"
+        )
+        print(
+            f"log Z                {summary['log_z']:.2f} {pm(summary['log_z_stderr'])} "
+            f"(effective sample size {summary['effective_sample_size']:.1f} of {args.chains})"
+        )
+        print(f"time                 {summary['seconds']:.1f} s")
     else:
+        scale = (
+            f", sigma = {summary['observation_scale']}" if "observation_scale" in summary else ""
+        )
         print(
             f"test log p(x)        {summary['log_likelihood']:.2f} "
             f"{pm(summary['log_likelihood_stderr'])} nats (AIS, {args.steps} steps x "
-            f"{args.chains} chains, n = {summary['n']}, acceptance {summary['acceptance']:.2f})"
+            f"{args.chains} chains, n = {summary['n']}, acceptance {summary['acceptance']:.2f}"
+            f"{scale})"
+        )
+        print(f"time                 {summary['seconds']:.1f} s")
+    return 0
+
+
+#: a family's default evaluation (the others: importance sampling from q)
+DEFAULT_METHOD = {"diffusion": "bound", "gan": "ais", "rbm": "ais"}
+
+
+def resolve_defaults(args: argparse.Namespace, config: Any) -> None:
+    """Fill in --method, --k, --steps and --chains where not given, by the run's kind."""
+    kind = config.model.kind
+    args.method = args.method or DEFAULT_METHOD.get(kind, "is")
+    if args.method == "bound" and kind != "diffusion":
+        raise UsageError(f"--method bound is a diffusion model's ELBO; this run is a '{kind}'")
+    if args.k is None:
+        args.k = 100 if args.method == "bound" else 5000
+    rbm = kind == "rbm"
+    if args.steps is None:
+        args.steps = config.rbm.temperatures if rbm else 1000
+    if args.chains is None:
+        args.chains = config.rbm.runs if rbm else 16
+
+
+def run_bound(args: argparse.Namespace, run_dir: Path) -> int:
+    """A diffusion model's ELBO on the test set, in nats (the --k time steps' estimate)."""
+    from tqdm.auto import tqdm
+
+    from dgm.files import atomic_write_text
+
+    run = load_run(run_dir, device=args.device)
+    n = run.data.x_test[: args.limit].shape[0]
+    start = time.perf_counter()
+    with tqdm(total=n, disable=args.json or args.quiet, desc=f"ELBO, {args.k} steps") as bar:
+        summary = run.evaluate(
+            args.k, args.limit, args.seed, on_batch=lambda done: bar.update(done - bar.n)
+        )
+    summary["seconds"] = time.perf_counter() - start
+    name = f"eval-bound-k{summary['time_steps']}.json"
+    atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
+    manifest.record(run_dir, run_dir / name)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        every = "every step" if summary["time_steps"] == summary["steps"] else "stratified"
+        print(
+            f"test ELBO            {summary['elbo']:.2f} {pm(summary['elbo_stderr'])} nats "
+            f"(T = {summary['steps']}, {summary['time_steps']} time steps per example, {every}; "
+            f"n = {summary['examples']})"
         )
         print(f"time                 {summary['seconds']:.1f} s")
     return 0

@@ -18,6 +18,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--n", type=count, default=64, help="number of samples")
     p.add_argument("--out", metavar="FILE.png", help="output image (default RUN_DIR/samples.png)")
+    p.add_argument(
+        "--steps",
+        type=count,
+        default=None,
+        help="the sampler's steps: a diffusion model's DDIM steps (its chain's length T: "
+        "ancestral; default diffusion.sampling_steps), an RBM's Gibbs sweeps (rbm.sampling_steps)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     return p
@@ -34,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     config = run_config(run_dir)
     check_memory(config, args.device, sizes.sampling(config, args.n), f"dgm sample --n {args.n}")
     run = load_run(run_dir, device=args.device)
-    save_grid(run.sample(args.n, seed=args.seed), out, run.data.image_shape)
+    save_grid(run.sample(args.n, seed=args.seed, steps=args.steps), out, run.data.image_shape)
     manifest.record(run_dir, out)  # only when written into the run
     print(out)
     return 0

@@ -35,6 +35,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="score the means of p(x | z) against the grey test images, not draws x ~ p(x | z)",
     )
+    p.add_argument(
+        "--steps",
+        type=count,
+        default=None,
+        help="the sampler's steps: a diffusion model's DDIM steps (its chain's length T: "
+        "ancestral; default diffusion.sampling_steps), an RBM's Gibbs sweeps (rbm.sampling_steps)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="override the run's device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     check_memory(config, args.device, sizes.scoring(config, args.n), f"dgm score --n {args.n}")
     run = load_run(run_dir, device=args.device)
     stage = None if args.json else (lambda s: print(f"{s} ...", file=sys.stderr))
-    result = run.score(args.n, seed=args.seed, mean=args.mean, on_stage=stage)
+    result = run.score(args.n, seed=args.seed, mean=args.mean, on_stage=stage, steps=args.steps)
     summary = {
         **result.summary(),
         "n": args.n,

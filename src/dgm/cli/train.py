@@ -21,7 +21,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "model": (
         "model.kind",
         str,
-        "vae (variational Bayes), ae (plain autoencoder), ppca or gmm (exact EM)",
+        "vae (variational Bayes), ae (plain autoencoder), ppca or gmm (exact EM), gan "
+        "(adversarial), diffusion (DDPM), rbm (contrastive divergence)",
     ),
     "objective": ("objective.bound", str, "elbo or iwae (Burda et al. 2015), with --k samples"),
     "estimator": (
@@ -103,10 +104,28 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+#: what each epoch's line shows, where the row has it: the bounds, then the families' losses
+SHOWN = (
+    "train_elbo",
+    "test_elbo",
+    "train_iwae",
+    "test_iwae",
+    "train_log_lik",
+    "test_log_lik",
+    "test_kl",
+    "train_d_loss",
+    "train_g_loss",
+    "train_wasserstein",
+    "train_simple",
+    "train_reconstruction",
+    "test_reconstruction",
+    "train_free_energy_gap",
+)
+
+
 def print_epoch(m: dict[str, Any]) -> None:
     parts = [f"epoch {m['epoch']:>3}"]
-    keys = ("train_elbo", "test_elbo", "train_iwae", "test_iwae", "train_log_lik", "test_log_lik")
-    for key in (*keys, "test_kl"):
+    for key in SHOWN:
         if key in m:
             parts.append(f"{key} {m[key]:.2f}")
     parts.append(f"{m['images_per_s']:.0f} img/s")

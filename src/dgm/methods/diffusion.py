@@ -30,10 +30,12 @@ class DiffusionMethod(Method):
     none) and, with ``ema`` a decay, an exponential moving average of the denoiser's weights,
     theta_ema <- decay theta_ema + (1 - decay) theta after every update, which evaluation uses.
 
-    :meth:`evaluate` reports ``test_elbo``, the bound with all T steps summed
-    (:meth:`GaussianDiffusion.elbo`), on the first ``eval_examples`` examples (None: all),
-    ``eval_batch_size`` images per denoiser call, with noise from a generator seeded
-    ``eval_seed`` (the same draws every epoch; the global RNG is not touched).
+    :meth:`evaluate` reports ``test_elbo``, the bound on the first ``eval_examples`` examples
+    (None: all), with all T steps summed (:meth:`GaussianDiffusion.elbo`) or, with
+    ``eval_steps`` = k, its unbiased estimate from k stratified steps per example
+    (:meth:`GaussianDiffusion.elbo_estimate`); ``eval_batch_size`` images per denoiser call,
+    noise from a generator seeded ``eval_seed`` (the same draws every epoch; the global RNG is
+    not touched).
     """
 
     metric_names = ("elbo", "simple")
@@ -51,6 +53,7 @@ class DiffusionMethod(Method):
         eval_examples: int | None = 256,
         eval_batch_size: int = 2048,
         eval_seed: int = 0,
+        eval_steps: int | None = None,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -68,7 +71,7 @@ class DiffusionMethod(Method):
                 diffusion.schedule, self.ema, diffusion.data_decoder, diffusion.dim
             ).to(diffusion.beta.device)
         self.eval_examples, self.eval_batch_size = eval_examples, eval_batch_size
-        self.eval_seed = eval_seed
+        self.eval_seed, self.eval_steps = eval_seed, eval_steps
 
     # -- training ------------------------------------------------------------------------------
     def step(self, x: torch.Tensor, index: torch.Tensor, step: int) -> list[Outcome]:
@@ -120,11 +123,16 @@ class DiffusionMethod(Method):
         if self.eval_examples is not None:
             x = x[: self.eval_examples]
         generator = torch.Generator(x.device).manual_seed(self.eval_seed)
-        per_call = max(1, self.eval_batch_size // model.T)  # examples whose T steps fit a call
+        steps = model.T if self.eval_steps is None else min(self.eval_steps, model.T)
+        per_call = max(1, self.eval_batch_size // steps)  # examples whose steps fit a call
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         for start in range(0, x.shape[0], per_call):
             x_b = x[start : start + per_call]
-            total += model.elbo(x_b, self.eval_batch_size, generator).double().sum()
+            if self.eval_steps is None:
+                bound = model.elbo(x_b, self.eval_batch_size, generator)
+            else:
+                bound = model.elbo_estimate(x_b, steps, self.eval_batch_size, generator)
+            total += bound.double().sum()
         return {"test_elbo": (total / max(x.shape[0], 1)).item()}
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -426,6 +426,43 @@ class GaussianDiffusion(nn.Module):
         (:meth:`all_terms`)."""
         return -self.all_terms(x0, batch_size, generator).sum(-1)
 
+    def elbo_estimate(
+        self,
+        x0: Tensor,
+        k: int,
+        batch_size: int = 4096,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""An unbiased estimate ``(B,)`` of :meth:`elbo` from ``k`` time steps per example: the
+        decoder's L_0 (t = 1) always, and one step in each of k - 1 strata of 2..T (stratum j:
+        the steps from 2 + floor(j(T-1)/(k-1)) on, weighted by its size n_j):
+        -(L_T + L_0 + sum_j n_j L_{t_j - 1}). L_0 dominates the variance on binary data, so it
+        is never sampled. At k = T every step is its own stratum and the estimate is
+        :meth:`elbo`'s sum itself. Draws (t, then y_t) from ``generator`` (default: global RNG)."""
+        if not 2 <= k <= self.T:
+            raise ValueError(f"k must be in 2..{self.T} time steps, got {k}")
+        y0 = self.data_decoder.to_chain(x0)  # (B, D)
+        n, dev = x0.shape[0], x0.device
+        m = self.T - 1  # the steps 2..T, split into k - 1 strata
+        edges = [j * m // (k - 1) for j in range(k)]
+        low = torch.tensor(edges[:-1], device=dev) + 2  # (k - 1,)
+        size = torch.tensor([b - a for a, b in zip(edges, edges[1:], strict=False)], device=dev)
+        u = torch.rand(n, k - 1, generator=generator, dtype=torch.float64, device=dev)
+        t = low + (u * size).long().clamp(max=size - 1)  # (B, k - 1), uniform in each stratum
+        t = torch.cat([torch.ones(n, 1, dtype=t.dtype, device=dev), t], 1)  # (B, k): t = 1 first
+        weight = torch.cat([torch.ones(1, dtype=size.dtype, device=dev), size])  # (k,)
+        total = self.prior_term(y0).double()  # (B,)
+        rows = max(1, batch_size // max(n, 1))  # steps per denoiser call
+        for start in range(0, k, rows):
+            tj = t[:, start : start + rows].T.reshape(-1)  # (c * B,), step-major
+            c = tj.numel() // n
+            x0_c, y0_c = x0.repeat(c, 1), y0.repeat(c, 1)
+            noise = torch.randn(y0_c.shape, generator=generator, dtype=y0.dtype, device=y0.device)
+            yt = self.q_sample(y0_c, tj, noise)
+            term = self._terms(x0_c, y0_c, yt, tj, self.denoiser(yt, tj)).double()  # (c * B,)
+            total += (term.view(c, n) * weight[start : start + c, None]).sum(0)
+        return -total
+
     # -- sampling ------------------------------------------------------------------------------
     def _noise(self, n: int, y_T: Tensor | None) -> Tensor:
         if y_T is not None:
@@ -436,6 +473,13 @@ class GaussianDiffusion(nn.Module):
     def _finish(self, y1: Tensor, mean: bool) -> Tensor:
         p = self.decoder(y1)
         return p.mean if mean else p.sample()
+
+    def generate(self, n: int, mean: bool = True, steps: int | None = None) -> Tensor:
+        """``n`` images: ancestral sampling over all T steps (``steps`` None or T), else DDIM
+        (eta = 0) on ``steps`` time steps; the decoder's mean (``mean``) or a draw ``(n, D)``."""
+        if steps is None or steps == self.T:
+            return self.sample(n, mean)
+        return self.ddim_sample(n, steps, mean=mean)
 
     @torch.inference_mode()
     def sample(self, n: int, mean: bool = True, y_T: Tensor | None = None) -> Tensor:

@@ -52,13 +52,21 @@ class Generator(nn.Module, ABC):
         """The pre-sigmoid output, ``(B, latent_dim) -> (B, data_dim)``."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """G(z) = sigmoid(logits(z)): ``(B, latent_dim) -> (B, data_dim)``, in [0, 1]."""
-        return torch.sigmoid(self.logits(z))
+        """G(z) = sigmoid(logits(z)): ``(..., latent_dim) -> (..., data_dim)``, in [0, 1]
+        (leading dimensions flattened into one batch for :meth:`logits`)."""
+        flat = z.reshape(-1, z.shape[-1])  # (B, d)
+        return torch.sigmoid(self.logits(flat)).reshape(*z.shape[:-1], self.data_dim)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` draws z ~ p(z) (global torch RNG) and their images: ``(n, d)``, ``(n, D)``."""
         z = self.prior().sample((n,))  # (n, d)
         return z, self(z)
+
+    @torch.no_grad()
+    def generate(self, n: int, mean: bool = True) -> torch.Tensor:
+        """``n`` images G(z), z ~ p(z) (global torch RNG): ``(n, D)`` in [0, 1]. An implicit
+        model's samples are its images; ``mean`` changes nothing (there is no p(x | z))."""
+        return self.sample(n)[1]
 
     def observation(self, z: torch.Tensor, scale: float | torch.Tensor) -> Distribution:
         r"""p(x | z) = N(x; G(z), scale^2 I) over the last dimension (Wu et al. 2017):
@@ -66,6 +74,24 @@ class Generator(nn.Module, ABC):
         mean = self(z)  # (..., D)
         scale = torch.as_tensor(scale, dtype=mean.dtype, device=mean.device).expand_as(mean)
         return Independent(Normal(mean, scale), 1)
+
+
+class ObservedGenerator(nn.Module):
+    r"""A generator with Wu et al. 2017's Gaussian observation model, as a latent-variable
+    model with a density: ``prior()`` p(z) and ``likelihood(z)`` N(G(z), ``scale``^2 I), the
+    interface :func:`dgm.ais.ais_log_likelihood` anneals over."""
+
+    def __init__(self, generator: Generator, scale: float) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"the observation scale must be positive, got {scale}")
+        self.generator, self.scale = generator, float(scale)
+
+    def prior(self) -> Distribution:
+        return self.generator.prior()
+
+    def likelihood(self, z: torch.Tensor) -> Distribution:
+        return self.generator.observation(z, self.scale)
 
 
 class MLPGenerator(Generator):

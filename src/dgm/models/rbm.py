@@ -148,6 +148,19 @@ class RBM(nn.Module):
             v = bernoulli_draw(self.visible_logits(h), generator)
         return v
 
+    @torch.no_grad()
+    def generate(self, n: int, mean: bool = True, steps: int = 1000) -> Tensor:
+        """``n`` images by ``steps`` Gibbs sweeps (global RNG) from independent pixels
+        v ~ prod_i Bernoulli(sigmoid(b_i)): the last sweep's p(v | h) means (``mean``) or its
+        draws v ``(n, V)``. More sweeps, closer to the model's p(v)."""
+        if steps < 1:
+            raise ValueError(f"an RBM sample needs at least one Gibbs sweep, got steps = {steps}")
+        v = bernoulli_draw(self.b.detach().expand(n, -1))
+        v = self.gibbs(v, steps - 1)
+        h = bernoulli_draw(self.hidden_logits(v))
+        probs = torch.sigmoid(self.visible_logits(h))
+        return probs if mean else torch.bernoulli(probs)
+
     def reconstruction(self, v: Tensor) -> Tensor:
         r"""The cross-entropy -log p(v | h = E[h | v]) ``(...)``, in nats: how well the mean-field
         one-step reconstruction sigmoid(b + W^T sigmoid(c + W v)) predicts v (no draws)."""

@@ -1,5 +1,5 @@
-"""The VB trainer: the variational method (:mod:`dgm.methods.variational`) on the training
-core (:mod:`dgm.train.core`), built from a config.
+"""The trainer: a config's method on the training core (:mod:`dgm.train.core`): the
+variational method (:mod:`dgm.methods.variational`), or a family's (:mod:`dgm.families`).
 
 The trainer owns everything a run needs to continue exactly: the model, the posterior, the
 optimizers, the step counters and the random number generators (the global torch RNG, used by
@@ -16,6 +16,7 @@ from dgm.build import fitted_by_em
 from dgm.config import Config
 from dgm.errors import UsageError
 from dgm.estimators import Estimate
+from dgm.families import Family, family
 from dgm.methods.variational import VariationalMethod
 from dgm.train.core import NumericalError, TrainingCore
 from dgm.train.data import Data, load_data, resolve_device
@@ -28,10 +29,12 @@ __all__ = ["Data", "NumericalError", "Trainer", "iwae_stage", "load_data", "reso
 class Trainer(TrainingCore):
     """Builds a run's objects from its config and trains them; checkpoints go to ``run_dir``.
 
-    ``method`` is the :class:`VariationalMethod`; its model, posterior, estimator, optimizers
-    and step functions are also reachable here under their names."""
+    ``method`` is the :class:`VariationalMethod` (its model, posterior, estimator, optimizers
+    and step functions are also reachable here under their names), or the method of the
+    config's :attr:`family` (its trained model is :attr:`model`; :attr:`posterior` is None)."""
 
     method: VariationalMethod
+    family: Family | None
 
     def __init__(self, config: Config, run_dir: Path, data: Data | None = None) -> None:
         if fitted_by_em(config):
@@ -45,9 +48,18 @@ class Trainer(TrainingCore):
             self._check_distributed(config, dist.world)
             if device.type == "cuda":
                 device = torch.device("cuda", dist.local_rank)
+        self.family = family(config.model.kind)
+        if dist.enabled and self.family is not None:
+            raise UsageError(
+                f"model.kind = '{config.model.kind}' trains in one process: run it without "
+                "torchrun"
+            )
         data = data if data is not None else load_data(config, device)
         torch.manual_seed(config.train.seed)
-        method = VariationalMethod(config, data.x_train, device, dist)
+        if self.family is not None:
+            method = self.family.method(config, data, device)
+        else:
+            method = VariationalMethod(config, data.x_train, device, dist)
         super().__init__(config, run_dir, method, device, dist, data)
 
     @staticmethod
@@ -61,11 +73,13 @@ class Trainer(TrainingCore):
     # -- the method's objects --------------------------------------------------------------------
     @property
     def model(self) -> torch.nn.Module:
+        if self.family is not None:
+            return self.family.trained_model(self.method)
         return self.method.model
 
     @property
-    def posterior(self) -> torch.nn.Module:
-        return self.method.posterior
+    def posterior(self) -> torch.nn.Module | None:
+        return None if self.family is not None else self.method.posterior
 
     @property
     def estimator(self) -> torch.nn.Module:

@@ -210,6 +210,9 @@ def _train_run(
             metrics = {**metrics, "lr_change": dict(change)}
             change.clear()
         append_metrics(run_dir, metrics)
+        if trainer.family is not None:
+            written = trainer.family.on_epoch(trainer.method, run_dir, trainer.epoch)
+            manifest.record(run_dir, *written)
         if on_epoch is not None:
             on_epoch(metrics)
 
@@ -224,7 +227,13 @@ def _train_run(
 
 
 def write_figures(trainer: Trainer, run_dir: Path, seed: int = 0) -> None:
-    """samples.png, train_vs_generated.png, reconstructions.png and curves.png."""
+    """samples.png, train_vs_generated.png, reconstructions.png and curves.png (a family's
+    own pictures for the families of :mod:`dgm.families`)."""
+    if trainer.family is not None:
+        family, rows = trainer.family, read_metrics(run_dir)
+        written = family.figures(trainer.config, trainer.method, trainer.data, run_dir, rows)
+        manifest.record(run_dir, *written)
+        return
     rng_state = torch.get_rng_state()  # figures must not disturb the training RNG stream
     torch.manual_seed(seed)
     x = trainer.data.x_test[:32]

@@ -220,7 +220,8 @@ def _same_value(a: Any, b: Any) -> bool:
 def _torch_optimizer_state(saved: Any, template: dict[str, Any], where: Path, key: str) -> None:
     """A torch optimizer's state dict against the method's own (``template``): the same groups
     and parameters, the same hyperparameters (the run's configuration fixes them; the learning
-    rate is set by the schedule), per-parameter states of known parameters."""
+    rate and SGD's momentum are set by schedules: only their range is checked), per-parameter
+    states of known parameters."""
     saved = mapping(saved, where, key)
     if set(saved) != {"state", "param_groups"}:
         raise CheckpointError(
@@ -244,6 +245,8 @@ def _torch_optimizer_state(saved: Any, template: dict[str, Any], where: Path, ke
                 raise CheckpointError(f"{where}: key '{where_key}.params' is missing")
             if name in ("lr", "initial_lr"):
                 number(group[name], where, f"{where_key}.{name}", 0.0, 1e6, open_low=True)
+            elif name == "momentum" and type(value) is float:  # SGD's, scheduled (the RBM)
+                number(group[name], where, f"{where_key}.{name}", 0.0, 1.0)
             elif not _same_value(group[name], value):
                 raise CheckpointError(
                     f"{where}: key '{where_key}.{name}' is {show(group[name])}; the run's "
