@@ -51,8 +51,7 @@ class Trainer(TrainingCore):
         self.family = family(config.model.kind)
         if dist.enabled and self.family is not None:
             raise UsageError(
-                f"model.kind = '{config.model.kind}' trains in one process: run it without "
-                "torchrun"
+                f"model.kind = '{config.model.kind}' trains in one process: run it without torchrun"
             )
         data = data if data is not None else load_data(config, device)
         torch.manual_seed(config.train.seed)
