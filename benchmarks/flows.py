@@ -29,7 +29,9 @@ from dgm.evaluate import importance_log_likelihood, mean_stderr
 from dgm.files import atomic_write_text
 from dgm.train.run import load_trained, read_metrics, train_or_resume
 
-SYSTEMS = ["gaussian", "planar:16", "radial:16", "iaf:4", "sylvester:4"]
+#: the posteriors compared; sivi:10 is semi-implicit (Yin and Zhou 2018) with J = 10 extra draws
+#: of psi in training and its model's sivi_eval_draws (1000) in evaluation
+SYSTEMS = ["gaussian", "planar:16", "radial:16", "iaf:4", "sylvester:4", "sivi:10"]
 
 
 def evaluate(run_dir: Path, k: int, seed: int) -> dict:
@@ -40,7 +42,8 @@ def evaluate(run_dir: Path, k: int, seed: int) -> dict:
     trainer = load_trained(run_dir)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    ll = importance_log_likelihood(trainer.model, trainer.posterior, trainer.data.x_test, k)
+    model, posterior = trainer.model.eval(), trainer.posterior.eval()  # sivi: evaluation's J
+    ll = importance_log_likelihood(model, posterior, trainer.data.x_test, k)
     out = {
         "log_px": ll.log_likelihood.double(),
         "elbo": ll.elbo.double(),

@@ -31,6 +31,7 @@ from dgm.variational import (
     LocalGaussian,
     build_flow_steps,
 )
+from dgm.variational.semi_implicit import SemiImplicitEncoder
 
 
 def build_data(config: Config, device: torch.device | str = "cpu") -> Data:
@@ -95,6 +96,17 @@ def build_model(cfg: ModelConfig, data_dim: int) -> DeepLatentModel:
     return DeepLatentModel(HierarchicalPrior(sizes, nets), decoder, likelihood, data_dim)
 
 
+def _trunk(cfg: ModelConfig, data_dim: int) -> tuple[int, nn.Module]:
+    """The encoder's trunk up to its last hidden layer (activated), and that layer's width."""
+    if not cfg.hidden:
+        return data_dim, nn.Identity()
+    trunk = nn.Sequential(
+        MLP(data_dim, cfg.hidden[:-1], cfg.hidden[-1], cfg.activation),
+        ACTIVATIONS[cfg.activation](),
+    )
+    return cfg.hidden[-1], trunk
+
+
 def build_posterior(
     config: Config, data_dim: int, num_examples: int, shard: tuple[int, int] = (0, 1)
 ) -> nn.Module:
@@ -108,6 +120,18 @@ def build_posterior(
             MLP(data_dim, cfg.hidden, cfg.latent_dim, cfg.activation), cfg.latent_dim
         )
     flow, steps = parse_posterior(cfg.posterior)
+    if flow == "sivi":
+        context, trunk = _trunk(cfg, data_dim)
+        return SemiImplicitEncoder(
+            trunk,
+            context,
+            cfg.latent_dim,
+            cfg.sivi_noise_dim,
+            [context],
+            cfg.activation,
+            extra=steps,
+            eval_extra=cfg.sivi_eval_draws,
+        )
     if flow != "gaussian":
         context = cfg.hidden[-1] if cfg.hidden else data_dim
         trunk = (

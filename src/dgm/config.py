@@ -91,16 +91,23 @@ POSTERIOR_FLOWS = ("planar", "radial", "iaf", "sylvester")
 MAX_FLOW_STEPS = 128  # the papers use up to 80 planar steps
 
 
+MAX_SIVI_DRAWS = 10_000
+
+
 def parse_posterior(text: str) -> tuple[str, int]:
-    """``gaussian`` -> ("gaussian", 0); ``iaf:4`` -> ("iaf", 4); anything else: ValueError."""
+    """``gaussian`` -> ("gaussian", 0); ``iaf:4`` -> ("iaf", 4); ``sivi:10`` -> ("sivi", 10)
+    (J = 10 extra draws of the mixing distribution); anything else: ValueError."""
     name, _, steps = text.partition(":")
     if name == "gaussian" and not steps:
         return name, 0
     if name in POSTERIOR_FLOWS and steps.isdigit() and 0 < int(steps) <= MAX_FLOW_STEPS:
         return name, int(steps)
+    if name == "sivi" and steps.isdigit() and int(steps) <= MAX_SIVI_DRAWS:
+        return name, int(steps)
     raise ValueError(
-        f"expected gaussian or FLOW:L with FLOW one of {', '.join(POSTERIOR_FLOWS)} and "
-        f"1 <= L <= {MAX_FLOW_STEPS} flow steps, e.g. iaf:4"
+        f"expected gaussian, FLOW:L with FLOW one of {', '.join(POSTERIOR_FLOWS)} and "
+        f"1 <= L <= {MAX_FLOW_STEPS} flow steps (e.g. iaf:4), or sivi:J with 0 <= J <= "
+        f"{MAX_SIVI_DRAWS} extra draws of its mixing distribution (e.g. sivi:10)"
     )
 
 
@@ -123,7 +130,12 @@ class ModelConfig(_Section):
     # q(z | x): gaussian (diagonal), or a flow of L steps on it whose parameters come from the
     # encoder: planar:L, radial:L (Rezende and Mohamed 2015), iaf:L (Kingma et al. 2016),
     # sylvester:L (Householder Sylvester flows, van den Berg et al. 2018)
+    # sivi:J: semi-implicit VI (Yin and Zhou 2018), q(z | x) = int N(z; psi, sigma^2(x))
+    # q(psi | x) dpsi with psi from noise through a network, its density along a draw the
+    # mixture over J further draws of psi (dgm.variational.semi_implicit)
     posterior: str = "gaussian"
+    sivi_noise_dim: PositiveInt = 10  # sivi: the noise epsilon fed to the mixing network
+    sivi_eval_draws: NonNegativeInt = 1000  # sivi: J when evaluating (dgm eval, AIS)
     # stochastic layers above z (= z_1): p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1) and
     # q(z_1 | x) q(z_2 | z_1) ...; each has a latent_dim and the hidden widths of the MLPs that
     # connect it to the layer below (the IWAE paper's 2-layer model: [{latent_dim = 50,

@@ -24,6 +24,7 @@ from dgm.variational import (
     HierarchicalEncoder,
     LocalGaussian,
 )
+from dgm.variational.semi_implicit import SemiImplicitEncoder
 
 #: ``objective.estimator`` -> its class (``score-baseline`` is the score function with a
 #: control variate, ``objective.baseline``)
@@ -47,6 +48,8 @@ def posterior_class(flow: str, upper_layers: int, local: bool, autoencoder: bool
         return LocalGaussian
     if autoencoder:
         return DeterministicEncoder
+    if flow == "sivi":
+        return SemiImplicitEncoder
     if flow != "gaussian":
         return FlowEncoder
     return HierarchicalEncoder if upper_layers else GaussianEncoder

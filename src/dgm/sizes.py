@@ -130,6 +130,12 @@ def networks(config: Config, data_dim: int, n_train: int) -> list[Part]:
         parts.append(Part("per-datapoint tables", keys, 2 * n_train * d, table=True))
     elif mc.kind == "ae":
         parts.append(Part("encoder", "model.hidden, model.latent_dim", mlp(D, mc.hidden, d)))
+    elif flow == "sivi":
+        c = mc.hidden[-1] if mc.hidden else D
+        trunk = mlp(D, mc.hidden[:-1], c) if mc.hidden else 0
+        mixer = mlp(c + mc.sivi_noise_dim, [c], d)
+        keys = "model.hidden, model.latent_dim, model.sivi_noise_dim"
+        parts.append(Part("semi-implicit encoder", keys, trunk + linear(c, d) + mixer))
     elif flow != "gaussian":
         c = mc.hidden[-1] if mc.hidden else D
         trunk = mlp(D, mc.hidden[:-1], c) if mc.hidden else 0
@@ -206,6 +212,22 @@ def activations(config: Config, data_dim: int, batch: int, k: int) -> list[Activ
     flow, steps = parse_posterior(mc.posterior)
     if config.inference.kind == "local":
         result.append(Activation("posterior", "model.latent_dim", 4 * batch * d + z, rows * d))
+    elif flow == "sivi":  # the mixing network on (K + J) x B rows, the (K, J + 1, B) mixture
+        c = mc.hidden[-1] if mc.hidden else D
+        kept, big = _mlp_outputs(batch, mc.hidden, d)
+        draws = (k + steps) * batch
+        mix, mix_big = _mlp_outputs(draws, [c], d)
+        mixture = rows * (steps + 1) * 3
+        keys = "model.posterior, model.hidden"
+        result.append(Activation("encoder", WIDTHS, kept + z, big))
+        result.append(
+            Activation(
+                "mixing network",
+                keys,
+                mix + draws * (c + mc.sivi_noise_dim) + mixture,
+                max(mix_big, mixture),
+            )
+        )
     elif flow != "gaussian":
         c = mc.hidden[-1] if mc.hidden else D
         kept, big = _mlp_outputs(batch, mc.hidden, 2 * d)

@@ -33,7 +33,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "posterior": (
         "model.posterior",
         str,
-        "gaussian, or a flow from the encoder: planar:L, radial:L, iaf:L, sylvester:L",
+        "gaussian, a flow from the encoder (planar:L, radial:L, iaf:L, sylvester:L), or "
+        "sivi:J (semi-implicit, J extra draws of its mixing distribution)",
     ),
     "free_bits": ("objective.free_bits", float, "nats per latent unit below which the KL is free"),
     "kl_warmup": ("objective.kl_warmup_epochs", float, "epochs of linear KL warm-up (0 to 1)"),
