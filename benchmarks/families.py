@@ -5,7 +5,7 @@ quality in the shipped feature space.
 The systems (``SYSTEMS``): the VAE of ``configs/mnist_vae.toml`` and its IAF-4 posterior, the
 DCGAN with the non-saturating loss (``configs/mnist_gan.toml``), WGAN-GP
 (``configs/mnist_wgan_gp.toml``), the diffusion model (``configs/mnist_diffusion.toml``) and
-the RBM (``configs/mnist_rbm.toml``). Each trains epoch by epoch until the next epoch would
+the RBM (``configs/mnist_rbm.toml``) and the deep EBM (``configs/mnist_ebm.toml``). Each trains epoch by epoch until the next epoch would
 pass ``--budget`` seconds of training (the epochs' own time, as ``train_time_s`` counts it),
 then is measured:
 
@@ -67,6 +67,7 @@ SYSTEMS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "wgan_gp": ("WGAN-GP (DCGAN)", "mnist_wgan_gp.toml", {}),
     "diffusion": ("diffusion (DDPM, U-Net, DDIM 100)", "mnist_diffusion.toml", {}),
     "rbm": ("RBM, CD-25", "mnist_rbm.toml", {}),
+    "ebm": ("deep EBM (Langevin, replay buffer)", "mnist_ebm.toml", {}),
 }
 #: the VAE of the Wu et al. protocol: grey levels, a fixed-sigma Gaussian likelihood
 WU_VAE = {
@@ -130,7 +131,7 @@ def trained_parameters(config: Any) -> int:
 
 def log_likelihood(run: dgm.Run, args: argparse.Namespace) -> dict[str, Any] | None:
     t0 = time.perf_counter()
-    if run.kind == "gan":
+    if run.kind in ("gan", "ebm"):  # grey levels; the EBM has no tractable Z
         return None
     if run.kind == "rbm":
         r = run.evaluate_ais(seed=args.seed)

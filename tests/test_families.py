@@ -35,6 +35,10 @@ FAMILY_ARGS = {
         "--set", "diffusion.eval_examples=10", "--set", "diffusion.eval_steps=4",
         "--set", "diffusion.sampling_steps=5",
     ],
+    "ebm": [
+        "--model", "ebm", "--set", "ebm.channels=4", "--set", "ebm.langevin_steps=3",
+        "--set", "ebm.buffer_size=100", "--set", "ebm.sampling_steps=5",
+    ],
     "pcd": [
         "--model", "rbm", "--set", "rbm.hidden=12", "--set", "rbm.persistent=true",
         "--set", "rbm.chains=20", "--set", "rbm.sampling_steps=5",
@@ -92,6 +96,8 @@ def test_a_family_killed_inside_a_checkpoint_write_resumes_exactly(straight, tmp
         assert any(k.startswith("chains.") for k in a)
     if kind == "diffusion":
         assert any(k.startswith("ema.") for k in a)
+    if kind == "ebm":  # the replay buffer
+        assert any(k.startswith("buffer.") for k in a)
 
 
 @pytest.mark.parametrize("name", list(FAMILY_ARGS))
@@ -102,7 +108,7 @@ def test_every_family_samples_scores_and_draws_its_pictures(straight, name):
     assert x.shape == (10, 784) and x.min() >= 0 and x.max() <= 1
     assert torch.equal(x, run.sample(10, seed=0))  # seeded
     draws = run.sample(10, seed=1, mean=False)
-    if run.kind != "gan":  # binary data: the draws are binary
+    if run.kind not in ("gan", "ebm"):  # binary data: the draws are binary
         assert set(draws.unique().tolist()) <= {0.0, 1.0}
     report = run.score(n=60, seed=0, subset_size=30, n_subsets=5, memorization=60)
     assert 0 <= report.model["precision"] <= 1
@@ -165,6 +171,7 @@ def test_a_gan_is_evaluated_by_ais_under_its_observation_model(straight):
         ({"model.kind": "diffusion", "data.binarize": "none", "data.dequantize": True}, "dequant"),
         ({"model.kind": "diffusion", "train.compile": True}, "eagerly"),
         ({"model.kind": "rbm", "inference.kind": "local"}, "no q"),
+        ({"model.kind": "ebm", "data.binarize": "dynamic", "data.dequantize": False}, "grey"),
     ],
 )
 def test_bad_family_combinations_are_one_line(overrides, message):
@@ -195,6 +202,7 @@ def test_family_defaults_are_the_papers_and_a_config_overrides_them():
         {"model": {"kind": "diffusion"}},
         {"model": {"kind": "diffusion"}, "diffusion": {"ema": None, "channels": 16}},
         {"model": {"kind": "rbm"}, "rbm": {"persistent": True}},
+        {"model": {"kind": "ebm"}, "ebm": {"buffer_size": 10}},
     ],
 )
 def test_memory_counts_are_the_built_modules_parameters(config):
@@ -205,7 +213,7 @@ def test_memory_counts_are_the_built_modules_parameters(config):
     built = sum(
         v.numel()
         for name, state in modules.items()
-        if name != "chains"
+        if name not in ("chains", "buffer")
         for k, v in state.items()
         if v.is_floating_point() and "running_" not in k
     )

@@ -79,7 +79,7 @@ class DataConfig(_Section):
 CLASSICAL = ("ppca", "gmm")
 #: families trained by their own method on the training core, each with a config section
 #: (gan, diffusion, rbm) and its own defaults (see Config._family_defaults)
-FAMILIES = ("gan", "diffusion", "rbm")
+FAMILIES = ("gan", "diffusion", "rbm", "ebm")
 
 
 class UpperLayer(_Section):
@@ -115,7 +115,7 @@ class ModelConfig(_Section):
     # vae: VB with a stochastic q; ae: the plain autoencoder baseline; ppca, gmm: the classical
     # models of the lecture's first slides, fitted by exact EM (see the `em` section); gan,
     # diffusion, rbm: the lecture's last slide, each configured by its own section
-    kind: Literal["vae", "ae", "ppca", "gmm", "gan", "diffusion", "rbm"] = "vae"
+    kind: Literal["vae", "ae", "ppca", "gmm", "gan", "diffusion", "rbm", "ebm"] = "vae"
     latent_dim: PositiveInt = 50
     hidden: list[PositiveInt] = Field(default_factory=lambda: [200, 200])
     activation: Literal["tanh", "relu", "elu", "softplus", "leaky_relu", "gelu"] = "tanh"
@@ -275,6 +275,20 @@ class RBMConfig(_Section):
     sampling_steps: PositiveInt = 1000
 
 
+class EBMConfig(_Section):
+    """A deep energy-based model (model.kind = ebm): a convolutional energy network trained by
+    short-run Langevin dynamics with a replay buffer (Du and Mordatch 2019)."""
+
+    channels: PositiveInt = 32
+    langevin_steps: PositiveInt = 20  # per training step
+    step_size: PositiveFloat = 10.0  # x <- x - step_size grad E + noise xi
+    noise: float = Field(0.005, ge=0)
+    buffer_size: PositiveInt = 10_000
+    reinit: float = Field(0.05, ge=0, le=1)  # chains restarted at uniform noise
+    alpha: float = Field(1.0, ge=0)  # weight of the energies' squares
+    sampling_steps: PositiveInt = 200  # dgm sample: Langevin steps from uniform noise
+
+
 class InferenceConfig(_Section):
     # amortized: an encoder network q_phi(z | x); local: a (lambda_n, eta_n) table per example
     kind: Literal["amortized", "local"] = "amortized"
@@ -336,7 +350,8 @@ class TrainConfig(_Section):
 
 #: what each family changes in the defaults (a config or --set still overrides each): the
 #: GAN's Adam (Radford et al. 2016) on dequantized grey levels (Wu et al. 2017's protocol);
-#: diffusion's Adam rate (Ho et al. 2020); the RBM's SGD rate (Salakhutdinov and Murray 2008)
+#: diffusion's Adam rate (Ho et al. 2020); the RBM's SGD rate (Salakhutdinov and Murray 2008);
+#: the deep EBM's Adam (Du and Mordatch 2019) on grey levels
 FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "gan": {
         "train": {"lr": 2e-4, "betas": (0.5, 0.999)},
@@ -344,6 +359,10 @@ FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "diffusion": {"train": {"lr": 2e-4}},
     "rbm": {"train": {"lr": 0.05}},
+    "ebm": {
+        "train": {"lr": 1e-4, "betas": (0.0, 0.999)},
+        "data": {"binarize": "none", "dequantize": True},
+    },
 }
 
 
@@ -356,6 +375,7 @@ class Config(_Section):
     gan: GANConfig = Field(default_factory=GANConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     rbm: RBMConfig = Field(default_factory=RBMConfig)
+    ebm: EBMConfig = Field(default_factory=EBMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="before")
@@ -475,6 +495,11 @@ class Config(_Section):
             raise ValueError(
                 "model.kind = 'diffusion' models binary pixels (Bernoulli decoder) or the 256 "
                 "grey levels (discretized Gaussian decoder): set data.dequantize = false"
+            )
+        if kind == "ebm" and binary:
+            raise ValueError(
+                "model.kind = 'ebm' samples grey levels by Langevin dynamics: set data.binarize "
+                "= 'none'"
             )
         if kind == "gan" and binary:
             raise ValueError(

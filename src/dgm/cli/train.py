@@ -22,7 +22,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
         "model.kind",
         str,
         "vae (variational Bayes), ae (plain autoencoder), ppca or gmm (exact EM), gan "
-        "(adversarial), diffusion (DDPM), rbm (contrastive divergence)",
+        "(adversarial), diffusion (DDPM), rbm (contrastive divergence), ebm (Langevin)",
     ),
     "objective": ("objective.bound", str, "elbo or iwae (Burda et al. 2015), with --k samples"),
     "estimator": (
@@ -121,6 +121,9 @@ SHOWN = (
     "train_reconstruction",
     "test_reconstruction",
     "train_free_energy_gap",
+    "train_contrast",
+    "test_energy",
+    "test_buffer_energy",
 )
 
 

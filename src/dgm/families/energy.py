@@ -1,7 +1,11 @@
-"""The restricted Boltzmann machine as a family (``model.kind = "rbm"``): CD-k or PCD-k
+"""Energy-based models as families. The restricted Boltzmann machine (``model.kind = "rbm"``):
+CD-k or PCD-k
 (:class:`dgm.methods.contrastive.ContrastiveDivergence`, the persistent chains in every
 checkpoint); a loaded run holds the RBM, samples by Gibbs chains, and estimates ln p(x) by AIS
-over inverse temperatures from the base-rate RBM (Salakhutdinov and Murray 2008)."""
+over inverse temperatures from the base-rate RBM (Salakhutdinov and Murray 2008). The deep EBM
+(``model.kind = "ebm"``): a convolutional energy trained by short-run Langevin dynamics with a
+replay buffer (Du and Mordatch 2019), in every checkpoint; no likelihood, judged by its
+samples."""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from dgm.data.arrays import Data
 from dgm.families.base import Family, sample_figures
 from dgm.methods.base import Method
 from dgm.methods.contrastive import ContrastiveDivergence
+from dgm.methods.energy import LangevinMethod
+from dgm.models.ebm import ConvEnergy, EnergyModel
 from dgm.models.rbm import RBM, ais_log_partition, base_rate_bias, rbm_log_likelihood
 
 
@@ -115,3 +121,71 @@ class RestrictedBoltzmann(Family):
             "log_z_interval_3se": list(partition.interval()),
             "examples": n,
         }
+
+
+class DeepEnergy(Family):
+    kind = "ebm"
+    modules = ("energy",)
+    curves = (
+        ("energy", ("train_energy", "test_energy", "test_buffer_energy")),
+        ("E(x+) - E(x-)", ("train_contrast",)),
+    )
+
+    def sampling_steps(self, config: Config) -> int | None:
+        return config.ebm.sampling_steps
+
+    def _check(self, data_dim: int) -> None:
+        if data_dim != 784:
+            from dgm.errors import UsageError
+
+            raise UsageError(
+                f"model.kind = 'ebm' is sized for 28 x 28 images; these have {data_dim}"
+            )
+
+    def model(self, config: Config, data: Data) -> nn.Module:
+        self._check(data.x_train.shape[1])
+        ec = config.ebm
+        return EnergyModel(ConvEnergy(ec.channels), ec.step_size, ec.noise)
+
+    def restorable(self, model, saved):  # noqa: ANN001, ANN201
+        return [(model.energy, saved.get("energy", {}))]
+
+    def method(self, config: Config, data: Data, device: torch.device) -> Method:
+        ec, tc = config.ebm, config.train
+        return LangevinMethod(
+            self.model(config, data),
+            langevin_steps=ec.langevin_steps,
+            buffer_size=ec.buffer_size,
+            reinit=ec.reinit,
+            alpha=ec.alpha,
+            lr=tc.lr,
+            betas=tc.betas,
+            device=device,
+            eval_batch_size=tc.eval_batch_size,
+        )
+
+    def trained_model(self, method: Method) -> nn.Module:
+        return method.model  # type: ignore[attr-defined]
+
+    def figures(
+        self, config: Config, method: Method, data: Data, run_dir: Path, rows: list[dict[str, Any]]
+    ) -> list[Path]:
+        return sample_figures(
+            self.trained_model(method),
+            data,
+            run_dir,
+            f"Langevin samples of the EBM ({config.ebm.sampling_steps} steps from noise)",
+            binary=False,
+            rows=rows,
+            curves=self.curves,
+            steps=config.ebm.sampling_steps,
+        )
+
+    def networks(self, config: Config, data_dim: int) -> list[tuple[str, str, nn.Module]]:
+        with torch.device("meta"):
+            return [("energy network", "ebm.channels", ConvEnergy(config.ebm.channels))]
+
+    def activation_floats(self, config: Config, data_dim: int, batch: int) -> int:
+        c = config.ebm.channels
+        per = 2 * (c * 784 + 2 * c * 196 + 2 * c * 49) + data_dim
+        return 3 * batch * per + config.ebm.buffer_size * data_dim
