@@ -4,8 +4,9 @@ quality in the shipped feature space.
 
 The systems (``SYSTEMS``): the VAE of ``configs/mnist_vae.toml`` and its IAF-4 posterior, the
 DCGAN with the non-saturating loss (``configs/mnist_gan.toml``), WGAN-GP
-(``configs/mnist_wgan_gp.toml``), the diffusion model (``configs/mnist_diffusion.toml``) and
-the RBM (``configs/mnist_rbm.toml``) and the deep EBM (``configs/mnist_ebm.toml``). Each trains epoch by epoch until the next epoch would
+(``configs/mnist_wgan_gp.toml``), the diffusion model (``configs/mnist_diffusion.toml``), the
+RBM (``configs/mnist_rbm.toml``) and the deep EBM (``configs/mnist_ebm.toml``). Each trains
+epoch by epoch until the next epoch would
 pass ``--budget`` seconds of training (the epochs' own time, as ``train_time_s`` counts it),
 then is measured:
 
