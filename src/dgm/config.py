@@ -496,6 +496,11 @@ class Config(_Section):
                 "model.kind = 'diffusion' models binary pixels (Bernoulli decoder) or the 256 "
                 "grey levels (discretized Gaussian decoder): set data.dequantize = false"
             )
+        if kind == "ebm" and self.ebm.buffer_size < self.train.batch_size:
+            raise ValueError(
+                f"ebm.buffer_size = {self.ebm.buffer_size} is smaller than train.batch_size = "
+                f"{self.train.batch_size}: each step draws a batch of distinct buffer slots"
+            )
         if kind == "ebm" and binary:
             raise ValueError(
                 "model.kind = 'ebm' samples grey levels by Langevin dynamics: set data.binarize "

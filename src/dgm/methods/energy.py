@@ -70,9 +70,14 @@ class LangevinMethod(Method):
         self.model.train()
 
     def negatives(self, b: int) -> tuple[Tensor, Tensor]:
-        """The buffer's slots ``(b,)`` drawn (global RNG) and the Langevin chains' last states
-        from them ``(b, D)``, a share ``reinit`` of them restarted at uniform noise."""
-        slots = torch.randint(0, self.buffer.x.shape[0], (b,), device=self.device)
+        """The buffer's slots ``(b,)``, distinct, drawn (global RNG), and the Langevin chains'
+        last states from them ``(b, D)``, a share ``reinit`` of them restarted at uniform noise.
+        Distinct slots make writing the chains back deterministic (with a slot drawn twice,
+        which write lands is up to the threads)."""
+        size = self.buffer.x.shape[0]
+        if b > size:
+            raise ValueError(f"a batch of {b} needs a replay buffer of at least {b}, not {size}")
+        slots = torch.randperm(size, device=self.device)[:b]
         start = self.buffer.x[slots]
         fresh = torch.rand(b, 1, device=self.device) < self.reinit
         start = torch.where(fresh, torch.rand_like(start), start)
