@@ -525,6 +525,24 @@ class Config(_Section):
 ECHO_LIMIT, MAX_PROBLEMS = 80, 3
 
 
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """``; did you mean 'train.lr'?`` for an unknown key close to a known one, else ``""``."""
+    import difflib
+
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return ""
+        model = field.annotation
+    known = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    where = ".".join(str(p) for p in loc[:-1])
+    return f"; did you mean '{where + '.' if where else ''}{close[0]}'?"
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     parts = []
     errors = err.errors()
@@ -532,7 +550,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         loc = shorten(".".join(str(p) for p in e["loc"]), ECHO_LIMIT)
         msg = shorten(e["msg"].removeprefix("Value error, "), 2 * ECHO_LIMIT)
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(e["loc"])
         given = (
             ""
             if e["type"] in ("missing", "extra_forbidden")

@@ -34,10 +34,13 @@ def _epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="dgm",
-        description="Deep generative models trained by variational Bayes.",
+        description="Deep generative models: VB-EM, VAEs, flows, GANs, diffusion, RBMs and EBMs.",
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from dgm import __version__
+
+    parser.add_argument("--version", action="version", version=f"dgm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub).set_defaults(func=command.run)

@@ -17,7 +17,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw x ~ p(x | z), z ~ p(z) from a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--n", type=count, default=64, help="number of samples")
-    p.add_argument("--out", metavar="FILE.png", help="output image (default RUN_DIR/samples.png)")
+    p.add_argument(
+        "--out", metavar="FILE.png", help="output image (default RUN_DIR/samples-nN-seedS.png)"
+    )
     p.add_argument(
         "--steps",
         type=count,
@@ -37,7 +39,14 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"--n {args.n}: expected a positive number of samples")
     run_dir = Path(args.run_dir)
-    out = Path(args.out) if args.out else run_dir / "samples.png"
+    # the run's own samples.png (its training's picture) is never overwritten by default
+    out = Path(args.out) if args.out else run_dir / f"samples-n{args.n}-seed{args.seed}.png"
+    if out.is_dir():
+        raise UsageError(f"--out {out}: a directory; expected a file name ending in .png")
+    if out.suffix.lower() != ".png":
+        raise UsageError(
+            f"--out {out}: dgm sample writes PNG images; expected a name ending in .png"
+        )
     config = run_config(run_dir)
     check_memory(config, args.device, sizes.sampling(config, args.n), f"dgm sample --n {args.n}")
     run = load_run(run_dir, device=args.device)
