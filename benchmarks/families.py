@@ -269,7 +269,7 @@ def _ll(r: dict[str, Any]) -> str:
 def table(summary: dict[str, Any]) -> str:
     """The comparison as Markdown (docs/results renders it from docs/measurements/families.json)."""
     head = (
-        "| system | ln p(x), nats | FID | KID ×10³ | precision | recall | two-sample acc. "
+        "| system | ln p(x), nats | FID | KID | precision | recall | two-sample acc. "
         "| label entropy | s per 1,000 samples | parameters | epochs | training s |\n"
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
