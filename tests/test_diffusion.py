@@ -436,3 +436,15 @@ def test_unet_method_step():
     assert outcome.metrics is not None
     assert set(outcome.metrics) == set(method.metric_names) == {"elbo", "simple"}
     assert torch.isfinite(outcome.metrics["elbo"]).all()
+
+
+def test_the_ema_warms_up_then_decays_at_its_rate():
+    """d_s = min(ema, (1 + s) / (10 + s)): the first update moves the average 0.9 of the way to
+    the weights; from s = 9,990 on (ema = 0.999) the rate is the configured one."""
+    method = make_method(0, ema=0.999)
+    assert method.ema_decay_at(0) == 0.1 and method.ema_decay_at(9_990) == 0.999
+    before = {k: v.clone() for k, v in method.ema.state_dict().items()}
+    method.step(DATA[:4], torch.arange(4), 0)
+    for name, p in method.diffusion.denoiser.state_dict().items():
+        expected = before[name] + 0.9 * (p - before[name])
+        torch.testing.assert_close(method.ema.state_dict()[name], expected)

@@ -28,7 +28,9 @@ OBJECTIVES = ("elbo", "simple")
 class DiffusionMethod(Method):
     r"""Adam on ``diffusion``'s denoiser, with gradient-norm clipping at ``grad_clip`` (None:
     none) and, with ``ema`` a decay, an exponential moving average of the denoiser's weights,
-    theta_ema <- decay theta_ema + (1 - decay) theta after every update, which evaluation uses.
+    theta_ema <- d_s theta_ema + (1 - d_s) theta after update s (0, 1, ...), which evaluation
+    uses, with the warm-up d_s = min(ema, (1 + s) / (10 + s)) of diffusers' EMAModel: early on
+    the average follows the weights, so that a short run is not judged on its initialization.
 
     :meth:`evaluate` reports ``test_elbo``, the bound on the first ``eval_examples`` examples
     (None: all), with all T steps summed (:meth:`GaussianDiffusion.elbo`) or, with
@@ -91,18 +93,22 @@ class DiffusionMethod(Method):
         if self.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self.parameters, self.grad_clip, norm)
         self.optimizer.step()
-        self._update_ema()
+        self._update_ema(step)
         metrics = {"elbo": -terms.estimate.detach(), "simple": terms.simple.detach()}
         return [Outcome(step, metrics, None, terms.t)]
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def ema_decay_at(self, step: int) -> float:
+        """d_s = min(ema, (1 + s) / (10 + s)): the decay of the average after update ``step``."""
+        return min(self.ema_decay or 0.0, (1 + step) / (10 + step))
+
+    def _update_ema(self, step: int) -> None:
         if self.ema is None or self.ema_decay is None:
             return
         for p_ema, p in zip(
             self.ema.parameters(), self.diffusion.denoiser.parameters(), strict=True
         ):
-            p_ema.lerp_(p, 1.0 - self.ema_decay)
+            p_ema.lerp_(p, 1.0 - self.ema_decay_at(step))
         for b_ema, b in zip(self.ema.buffers(), self.diffusion.denoiser.buffers(), strict=True):
             b_ema.copy_(b)
 
