@@ -131,18 +131,18 @@ class Adversarial(Family):
             rows=rows,
             curves=self.curves,
         )
-        written.append(run_dir / "samples.png")
-        save_grid(method.fixed_samples(), written[-1], data.image_shape)  # type: ignore[attr-defined]
+        # samples.png: the 64 fixed latent vectors, the same images as the progress rows
+        save_grid(method.fixed_samples(), run_dir / "samples.png", data.image_shape)  # type: ignore[attr-defined]
         path = run_dir / PROGRESS
         if path.is_file():
-            rows = load_file(str(path))
-            epochs = sorted(rows)
-            images = torch.stack([rows[k].float() / 255 for k in epochs])  # (E, 8, D)
+            saved = load_file(str(path))
+            epochs = sorted(saved)
+            images = torch.stack([saved[k].float() / 255 for k in epochs])  # (E, 8, D)
             written.append(run_dir / "progress.png")
             save_progress(
                 images, [int(k.split("-")[1]) for k in epochs], written[-1], data.image_shape
             )
-        return sorted(set(written))
+        return written
 
     def networks(self, config: Config, data_dim: int) -> list[tuple[str, str, nn.Module]]:
         with torch.device("meta"):
