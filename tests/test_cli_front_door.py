@@ -39,3 +39,21 @@ def test_sample_writes_png_only_and_never_over_the_runs_own_picture(tmp_path, ca
     code, _, err = run(capsys, "sample", str(run_dir), "--out", str(tmp_path))
     assert code == 2 and "a directory" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary left behind
+
+
+def test_names_mean_one_thing(tmp_path, capsys):
+    """The reconstruction term E_q[ln p(x | z)] is `recon` in the metrics, never `log_lik`; an
+    exact model's `dgm eval --json` gives ln p(x) as `log_likelihood`, like every other model."""
+    import json
+
+    run_dir = tmp_path / "vae"
+    assert run(capsys, "train", "--epochs", "1", "--out", str(run_dir), *SMALL)[0] == 0
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"train_recon", "test_recon"} <= set(row)
+    assert not any("log_lik" in key for key in row)
+    ppca = tmp_path / "ppca"
+    args = ["--model", "ppca", "--latent-dim", "2", "--train-limit", "300", "--test-limit", "50"]
+    assert run(capsys, "train", *args, "--out", str(ppca))[0] == 0
+    code, out, _ = run(capsys, "eval", str(ppca), "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["log_likelihood"] == summary["test_log_likelihood"]

@@ -205,7 +205,7 @@ def test_autoencoder_baseline_trains_on_reconstruction(tmp_path):
     assert "test_elbo" not in history[-1]
     assert history[-1]["test_kl"] == 0.0
     # Starts at the data's mean image (about -200 nats); reconstruction alone improves fast.
-    assert history[-1]["test_log_lik"] > before["test_log_lik"] + 40
+    assert history[-1]["test_recon"] > before["test_recon"] + 40
 
 
 def test_train_or_resume_starts_continues_and_refuses_another_config(tmp_path):

@@ -51,7 +51,7 @@ runs = {
 }
 for kind, run in runs.items():
     m = run.metrics[-1]
-    print(f"{kind}: test E[ln p(x | z)] = {m['test_log_lik']:8.2f}, test KL = {m['test_kl']:.2f}")
+    print(f"{kind}: test E[ln p(x | z)] = {m['test_recon']:8.2f}, test KL = {m['test_kl']:.2f}")
 
 
 # %% [markdown]

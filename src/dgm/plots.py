@@ -124,7 +124,7 @@ def save_curves(
         return
     panels = list(panels or VAE_CURVES)
     if panels[0][1] == VAE_CURVES[0][1] and not any(k in rows[0] for k in panels[0][1]):
-        panels[0] = ("nats per example", ("train_log_lik", "test_log_lik"))
+        panels[0] = ("nats per example", ("train_recon", "test_recon"))
     panels = [(label, [k for k in keys if k in rows[0]]) for label, keys in panels]
     panels = [(label, keys) for label, keys in panels if keys] or [("", [])]
     fig, axes = subplots(1, len(panels), figsize=(5 * len(panels), 4))

@@ -99,7 +99,7 @@ class VariationalMethod(Method):
     @property
     def metric_names(self) -> tuple[str, ...]:
         bound = (self.bound_name,) if self.estimator.bound.bounds_log_p else ()
-        return ("log_lik", "kl", *bound)
+        return ("recon", "kl", *bound)
 
     @property
     def shown_metric(self) -> str:
@@ -145,7 +145,7 @@ class VariationalMethod(Method):
 
     def done(self, step: int, est: Estimate) -> Outcome:
         """A good step's outcome: its per-example metrics, and the estimate as its detail."""
-        metrics = {"log_lik": est.log_lik.detach(), "kl": est.kl.detach()}
+        metrics = {"recon": est.log_lik.detach(), "kl": est.kl.detach()}
         metrics[self.bound_name] = est.bound.detach()
         return Outcome(step, metrics, None, est)
 
@@ -270,7 +270,7 @@ class VariationalMethod(Method):
             totals += torch.stack([est.bound.sum(), est.log_lik.sum(), est.kl.sum()]).double()
         totals = self.dist.sum(totals)
         bound, log_lik, kl = (totals / x.shape[0]).tolist()
-        out = {"test_log_lik": log_lik, "test_kl": kl}
+        out = {"test_recon": log_lik, "test_kl": kl}
         if self.estimator.bound.bounds_log_p:
             out[f"test_{self.bound_name}"] = bound
         return out
