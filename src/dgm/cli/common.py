@@ -51,3 +51,15 @@ def check_memory(config: Config, device: str | None, need: Need, what: str) -> N
 def run_config(run_dir: Path) -> Config:
     """The configuration of the run in ``run_dir`` (one ConfigError line if it is not a run)."""
     return load_run_config(Path(run_dir) / "config.json")
+
+
+def add_steps_argument(p: argparse.ArgumentParser) -> None:
+    """``--steps``: the sampler's steps, for ``dgm sample`` and ``dgm score``."""
+    p.add_argument(
+        "--steps",
+        type=count,
+        default=None,
+        help="the sampler's steps: a diffusion model's DDIM steps (its chain's length T: "
+        "ancestral; default diffusion.sampling_steps), an RBM's Gibbs sweeps "
+        "(rbm.sampling_steps), an EBM's Langevin steps (ebm.sampling_steps)",
+    )

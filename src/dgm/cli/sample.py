@@ -9,7 +9,13 @@ from typing import Any
 import dgm.manifest as manifest
 import dgm.sizes as sizes
 from dgm.api import load_run
-from dgm.cli.common import check_memory, check_seed_and_device, count, run_config
+from dgm.cli.common import (
+    add_steps_argument,
+    check_memory,
+    check_seed_and_device,
+    count,
+    run_config,
+)
 from dgm.errors import UsageError
 
 
@@ -20,13 +26,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="FILE.png", help="output image (default RUN_DIR/samples-nN-seedS.png)"
     )
-    p.add_argument(
-        "--steps",
-        type=count,
-        default=None,
-        help="the sampler's steps: a diffusion model's DDIM steps (its chain's length T: "
-        "ancestral; default diffusion.sampling_steps), an RBM's Gibbs sweeps (rbm.sampling_steps)",
-    )
+    add_steps_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     return p

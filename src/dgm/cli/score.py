@@ -11,7 +11,13 @@ from typing import Any
 import dgm.manifest as manifest
 import dgm.sizes as sizes
 from dgm.api import load_run
-from dgm.cli.common import check_memory, check_seed_and_device, count, run_config
+from dgm.cli.common import (
+    add_steps_argument,
+    check_memory,
+    check_seed_and_device,
+    count,
+    run_config,
+)
 from dgm.errors import UsageError
 
 #: (key, header, format) of the printed table
@@ -35,13 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="score the means of p(x | z) against the grey test images, not draws x ~ p(x | z)",
     )
-    p.add_argument(
-        "--steps",
-        type=count,
-        default=None,
-        help="the sampler's steps: a diffusion model's DDIM steps (its chain's length T: "
-        "ancestral; default diffusion.sampling_steps), an RBM's Gibbs sweeps (rbm.sampling_steps)",
-    )
+    add_steps_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="override the run's device")
     p.add_argument("--json", action="store_true", help="print one JSON object")
