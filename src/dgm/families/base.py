@@ -65,12 +65,27 @@ class Family(ABC):
         """The model a run holds once ``method`` has trained it (what :meth:`model` builds)."""
         raise NotImplementedError
 
+    def samples_title(self, config: Config) -> str:
+        """The caption of the samples beside the training images."""
+        return f"samples of the {self.kind}"
+
     def figures(
         self, config: Config, method: Method, data: Data, run_dir: Path, rows: list[dict[str, Any]]
     ) -> list[Path]:
         """Pictures of a finished run (its metrics ``rows``), written under ``run_dir``: the
-        paths written."""
-        return []
+        paths written. By default :func:`sample_figures` of the trained model, drawn with
+        :meth:`sampling_steps` and captioned :meth:`samples_title`."""
+        steps = self.sampling_steps(config)
+        return sample_figures(
+            self.trained_model(method),
+            data,
+            run_dir,
+            self.samples_title(config),
+            binary=config.data.binarize != "none",
+            rows=rows,
+            curves=self.curves,
+            **({} if steps is None else {"steps": steps}),
+        )
 
     def on_epoch(self, method: Method, run_dir: Path, epoch: int) -> list[Path]:
         """Called after each epoch's checkpoint (rank 0): files written, for the record."""
@@ -84,10 +99,6 @@ class Family(ABC):
     def activation_floats(self, config: Config, data_dim: int, batch: int) -> int:
         """Floats a training step on ``batch`` examples keeps for its backward pass."""
         return 0
-
-    def describe(self, config: Config) -> dict[str, Any]:
-        """What the run's printed summary shows of this family's configuration."""
-        return {}
 
 
 def sample_figures(

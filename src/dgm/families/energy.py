@@ -10,7 +10,6 @@ samples."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 
 from dgm.config import Config
 from dgm.data.arrays import Data
-from dgm.families.base import Family, sample_figures
+from dgm.families.base import Family
 from dgm.methods.base import Method
 from dgm.methods.contrastive import ContrastiveDivergence
 from dgm.methods.energy import LangevinMethod
@@ -64,19 +63,8 @@ class RestrictedBoltzmann(Family):
     def trained_model(self, method: Method) -> nn.Module:
         return method.rbm  # type: ignore[attr-defined]
 
-    def figures(
-        self, config: Config, method: Method, data: Data, run_dir: Path, rows: list[dict[str, Any]]
-    ) -> list[Path]:
-        return sample_figures(
-            self.trained_model(method),
-            data,
-            run_dir,
-            f"Gibbs samples of the RBM ({config.rbm.sampling_steps} sweeps)",
-            binary=True,
-            rows=rows,
-            curves=self.curves,
-            steps=config.rbm.sampling_steps,
-        )
+    def samples_title(self, config: Config) -> str:
+        return f"Gibbs samples of the RBM ({config.rbm.sampling_steps} sweeps)"
 
     def networks(self, config: Config, data_dim: int) -> list[tuple[str, str, nn.Module]]:
         with torch.device("meta"):
@@ -86,10 +74,6 @@ class RestrictedBoltzmann(Family):
         rc = config.rbm
         chains = rc.chains if rc.persistent else batch
         return 4 * (batch + chains) * (data_dim + rc.hidden)
-
-    def describe(self, config: Config) -> dict[str, Any]:
-        rc = config.rbm
-        return {"hidden": rc.hidden, "k": rc.k, "persistent": rc.persistent}
 
     def log_likelihood(
         self,
@@ -167,19 +151,8 @@ class DeepEnergy(Family):
     def trained_model(self, method: Method) -> nn.Module:
         return method.model  # type: ignore[attr-defined]
 
-    def figures(
-        self, config: Config, method: Method, data: Data, run_dir: Path, rows: list[dict[str, Any]]
-    ) -> list[Path]:
-        return sample_figures(
-            self.trained_model(method),
-            data,
-            run_dir,
-            f"Langevin samples of the EBM ({config.ebm.sampling_steps} steps from noise)",
-            binary=False,
-            rows=rows,
-            curves=self.curves,
-            steps=config.ebm.sampling_steps,
-        )
+    def samples_title(self, config: Config) -> str:
+        return f"Langevin samples of the EBM ({config.ebm.sampling_steps} steps from noise)"
 
     def networks(self, config: Config, data_dim: int) -> list[tuple[str, str, nn.Module]]:
         with torch.device("meta"):
