@@ -7,6 +7,7 @@ flags. Every problem (an unknown key, a wrong type, an impossible value, invalid
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -630,8 +631,38 @@ def _check_depth(data: Any, where: str) -> None:
         )
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
+#: the configurations that ship with dgm (``dgm train mnist_vae``; ``configs/`` in a checkout)
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configurations that ship with dgm: ``mnist_vae``, ``iwae/k5``..."""
+    return sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix()
+                  for p in CONFIGS_DIR.rglob("*.toml"))  # fmt: skip
+
+
+def config_path(path: str | Path) -> Path:
+    """The file a config argument names: a path to a TOML file; else the name of one that
+    ships with dgm (``mnist_vae``, or ``configs/mnist_vae.toml`` outside a checkout)."""
     path = Path(path)
+    if path.exists() or path.is_symlink():
+        return path
+    name = path.as_posix().removeprefix("configs/").removesuffix(".toml")
+    shipped = CONFIGS_DIR / f"{name}.toml"
+    if name in shipped_configs() and shipped.is_file():
+        return shipped
+    if path.suffix != ".toml":
+        close = difflib.get_close_matches(name, shipped_configs(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else ", ".join(shipped_configs())
+        raise ConfigError(
+            f"{shorten(str(path), ECHO_LIMIT)}: no such file, and no configuration of that name "
+            f"ships with dgm ({hint})"
+        )
+    return path  # a missing file: read_config_text names it
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = config_path(path)
     text = read_config_text(path)
     try:
         data = tomllib.loads(text)
