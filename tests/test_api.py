@@ -106,15 +106,16 @@ def test_eval_by_ais_and_bdmc_from_the_cli(cli_run, capsys):
     ais = json.loads(capsys.readouterr().out)
     assert ais["n"] == 20 and ais["method"] == "ais" and ais["steps"] == 30
     assert -300 < ais["log_likelihood"] < 0 and 0 < ais["acceptance"] <= 1
-    assert (cli_run / "eval-ais-t30-c2.json").exists()
+    assert (cli_run / f"eval-ais-t30-c2-n20-epoch{ais['epoch']}.json").exists()
     assert main([*argv, "--method", "bdmc", "--n", "10"]) == 0
     bd = json.loads(capsys.readouterr().out)
     assert bd["n"] == 10 and bd["gap"] > -4 * bd["gap_stderr"]
 
 
 def test_score_from_the_cli_writes_every_key_and_a_picture(cli_run, capsys, tmp_path):
-    """``dgm score`` writes score.json with the model's metrics and floor and ceiling objects of
-    the same keys, and score.png; real images (the floor) beat independent pixels (the ceiling)."""
+    """``dgm score`` writes score-nN-seedS-epochE.json with the model's metrics and floor and
+    ceiling objects of the same keys, and its picture; real images (the floor) beat
+    independent pixels (the ceiling)."""
     import json
 
     assert main(["score", str(cli_run), "--n", "200", "--json"]) == 0
@@ -126,8 +127,9 @@ def test_score_from_the_cli_writes_every_key_and_a_picture(cli_run, capsys, tmp_
         assert abs(sum(row["label_histogram"]) - 1) < 1e-9
     assert summary["floor"]["fid"] < 0.2 * summary["ceiling"]["fid"]
     assert summary["floor"]["recall"] > 0.5 > summary["ceiling"]["recall"]
-    assert json.loads((cli_run / "score.json").read_text()) == summary
-    assert (cli_run / "score.png").stat().st_size > 0
+    name = f"score-n200-seed0-epoch{summary['epoch']}"  # another --n or seed: another file
+    assert json.loads((cli_run / f"{name}.json").read_text()) == summary
+    assert (cli_run / f"{name}.png").stat().st_size > 0
     assert main(["score", str(cli_run), "--n", "1"]) == 2  # refused in one line
     assert "--n 1" in capsys.readouterr().err
 

@@ -70,6 +70,21 @@ def test_gap_json_has_both_gaps_and_they_add_up(trained, capsys):
     assert r["n"] == 20 and (trained / "gap.png").exists()
 
 
+def test_gap_shows_each_stage_progressing_to_every_example(trained, capsys):
+    code, _, err = run(
+        capsys, "gap", str(trained), "--k", "10", "--steps", "5", "--elbo-samples", "10",
+        "--limit", "12",
+    )  # fmt: skip
+    assert code == 0
+    stages = ["optimizing q per example", "log p(x), k = 10", "the encoder's ELBO",
+              "the optimized ELBO"]  # fmt: skip
+    for stage in stages:  # a bar per stage, each reaching all 12 examples
+        assert stage in err and "12/12" in err.split(stage, 1)[1].split("\n")[0].split("\r")[-1]
+    code, _, err = run(capsys, "gap", str(trained), "--k", "10", "--steps", "5", "--elbo-samples",
+                       "10", "--limit", "12", "--quiet")  # fmt: skip
+    assert code == 0 and "12/12" not in err
+
+
 def test_local_inference_and_score_estimator_from_the_cli(tmp_path, capsys):
     run_dir = tmp_path / "local"
     code, out, _ = run(

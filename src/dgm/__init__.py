@@ -8,6 +8,7 @@ a configuration and ``dgm.load_run`` loads one (``dgm.api``, ``dgm.runs``).
 
 from dgm.api import fit, load_data, load_run, resume
 from dgm.baselines import LearnedBaseline, LeaveOneOut, RunningMean
+from dgm.callbacks import Callback, TensorBoardLogger
 from dgm.config import Config, load_config
 from dgm.data import Data, TensorBatches
 from dgm.errors import CheckpointError, ConfigError, DataError, DGMError, UsageError
@@ -45,6 +46,8 @@ __all__ = [
     "IWAE",
     "VIMCO",
     "Bound",
+    "Callback",
+    "TensorBoardLogger",
     "DReG",
     "Data",
     "Reconstruction",

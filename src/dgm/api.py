@@ -12,23 +12,27 @@ the training core (:mod:`dgm.train`), imported only when a run is trained.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import dgm.build as build
+import dgm.export as export
 import dgm.families as families
 import dgm.sizes as sizes
 from dgm.config import Config, load_config, load_run_config, validate
 from dgm.data.arrays import Data
-from dgm.errors import CheckpointError, UsageError
+from dgm.errors import UsageError
 from dgm.files import run_lock
 from dgm.runs import Run
-from dgm.train.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
+from dgm.train.checkpoint import load_checkpoint, load_module_state, run_checkpoint
 from dgm.train.data import resolve_device
+
+if TYPE_CHECKING:
+    from dgm.callbacks.base import Callback
 
 ConfigLike = Config | dict[str, Any] | str | Path | None
 
@@ -67,6 +71,7 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop_on_signals: bool = False,
     on_removed: Callable[[list[Path]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Run:
     """Train a run from ``config`` (a :class:`Config`, nested dicts, a TOML path, or None for the
     defaults) on ``data`` (None: the config's data set) in the run directory ``out`` (None: a
@@ -76,8 +81,10 @@ def fit(
     written; ``on_epoch(metrics)`` after every epoch; ``on_removed(paths)`` with what ``force``
     removed of the run that was there (only files dgm wrote: :func:`dgm.manifest.remove_run`).
     With ``stop_on_signals``, SIGINT/SIGTERM stop the run after the current epoch's checkpoint
-    (``Run.stop_signal`` says which). Under
-    torchrun every process calls it with the same ``out``; only rank 0 writes."""
+    (``Run.stop_signal`` says which). ``callbacks``: :class:`dgm.callbacks.Callback` objects
+    (such as :class:`dgm.callbacks.TensorBoardLogger`), called around training. Under
+    torchrun every process calls it with the same ``out``; only rank 0 writes (and calls the
+    callbacks)."""
     from dgm.train import Trainer  # the training core and its figures: only when training
     from dgm.train.run import check_new_run, default_run_dir, is_main_process, prepare_new_run
 
@@ -93,6 +100,11 @@ def fit(
     if build.fitted_by_em(config):
         from dgm.train.classical import run_classical
 
+        if callbacks:
+            raise UsageError(
+                f"callbacks: model.kind = '{config.model.kind}' is fitted by EM in one go, "
+                "with no epochs to call them after"
+            )
         if on_start is not None:
             on_start(run_dir)
         run_classical(config, run_dir, on_iter=on_epoch, force=force, on_removed=on_removed)
@@ -101,13 +113,17 @@ def fit(
     if on_start is not None:
         on_start(run_dir)
     if not main:  # distributed: rank 0 creates the run directory; the others only train
-        return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
+        return _trained(
+            trainer, config, run_dir, False, progress, on_epoch, stop_on_signals, callbacks
+        )
     with run_lock(run_dir):  # from here no other process creates, replaces or trains it
         check_new_run(run_dir, force=force)  # again: another may have started meanwhile
         removed = prepare_new_run(config, run_dir, force=force)
         if removed and on_removed is not None:
             on_removed(removed)
-        return _trained(trainer, config, run_dir, False, progress, on_epoch, stop_on_signals)
+        return _trained(
+            trainer, config, run_dir, False, progress, on_epoch, stop_on_signals, callbacks
+        )
 
 
 def resume(
@@ -121,12 +137,13 @@ def resume(
     on_start: Callable[[Path], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop_on_signals: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> Run:
     """Continue the run in ``path`` from its last checkpoint, exactly as if it had not stopped;
     ``epochs`` extends a constant-rate run; ``compile`` and ``device`` change how it computes
     from here on (:data:`dgm.config.RUNTIME_KEYS`); ``lr`` sets a new learning rate from the
     last checkpoint on (a diverged run goes on at a smaller one; the first metrics row after
-    it holds ``lr_change``)."""
+    it holds ``lr_change``); ``callbacks`` as in :func:`fit`."""
     from dgm.train import Trainer
     from dgm.train.run import is_main_process, open_resume
 
@@ -141,26 +158,52 @@ def resume(
         trainer = Trainer(config, run_dir)
         if on_start is not None:
             on_start(run_dir)
-        return _trained(trainer, config, run_dir, True, progress, on_epoch, stop_on_signals)
+        return _trained(
+            trainer, config, run_dir, True, progress, on_epoch, stop_on_signals, callbacks
+        )
 
 
-def _trained(trainer, config, run_dir, resume, progress, on_epoch, stop_on_signals) -> Run:  # noqa: ANN001
+def _trained(  # noqa: ANN001
+    trainer, config, run_dir, resume, progress, on_epoch, stop_on_signals, callbacks=()
+) -> Run:
+    from dgm.callbacks.base import CallbackList
     from dgm.train.run import train_run
 
-    trainer = train_run(
-        config,
-        run_dir,
-        resume=resume,
-        progress=progress,
-        on_epoch=on_epoch,
-        trainer=trainer,
-        stop_on_signals=stop_on_signals,
-    )
+    # the callbacks see the modules being trained (rank 0 only: train_run calls it alone)
+    hooks = CallbackList(callbacks, lambda: _run_of(trainer, config, run_dir))
+
+    def epoch_end(metrics: dict[str, Any]) -> None:
+        if on_epoch is not None:
+            on_epoch(metrics)
+        hooks.epoch_end(metrics)
+
+    try:
+        trainer = train_run(
+            config,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            on_epoch=epoch_end if callbacks else on_epoch,
+            trainer=trainer,
+            stop_on_signals=stop_on_signals,
+            on_ready=hooks.start if callbacks else None,
+        )
+    finally:
+        hooks.end(trainer.stop_signal)
+    run = _run_of(trainer, config, run_dir)
+    run.model.eval()
+    if run.posterior is not None:
+        run.posterior.eval()
+    return run
+
+
+def _run_of(trainer, config: Config, run_dir: Path) -> Run:  # noqa: ANN001
+    """A :class:`Run` on the modules ``trainer`` trains (its metrics: rank 0's file)."""
     return Run(
         run_dir,
         config,
-        trainer.model.eval(),
-        trainer.posterior.eval() if trainer.posterior is not None else None,
+        trainer.model,
+        trainer.posterior,
         trainer.data,
         trainer.epoch,
         trainer.device,
@@ -177,40 +220,50 @@ def load_run(
     checkpoint: str | Path | None = None,
 ) -> Run:
     """The run in ``path`` with its latest checkpoint's weights (or ``checkpoint``'s), for
-    evaluation and sampling; no optimizer is built. ``data``: the run's own data when it was
+    evaluation and sampling; no optimizer is built. ``path`` may also be an export
+    (:func:`dgm.export.export_run`: weights and config only) or ``"pretrained:NAME"``, one that
+    ships with dgm (``pretrained:mnist-vae``). ``data``: the run's own data when it was
     trained on arrays (:meth:`Data.from_arrays`); else the config's data set is loaded."""
-    path = Path(path)
+    path = export.resolve(path)
     config = load_run_config(path / "config.json")  # a one-line error if it is not a run
     if device is not None:
         config.train.device = device
     dev = resolve_device(config.train.device)
     sizes.check(sizes.evaluation(config, 1, 1, data=data), config, dev, f"loading {path}")
     data = build.build_data(config, dev) if data is None else data.to(dev)
-    if build.fitted_by_em(config):
+    if export.is_export(path):
+        if checkpoint is not None:
+            raise UsageError(f"{path}: an export holds one set of weights and no checkpoints")
+        exported = export.read_export(path)
+        modules, epoch, source = exported.modules, exported.epoch, path / export.WEIGHTS
+        metrics = [exported.info["metrics"]] if exported.info.get("metrics") else []
+    elif build.fitted_by_em(config):
         from dgm.train.classical import WEIGHTS, load_classical
 
         model = load_classical(config, path / WEIGHTS).to(dev)
         return Run(path, config, model, None, data, 0, dev, read_metrics(path))
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    ckpt_path = ckpt_path or latest_checkpoint(path / "checkpoints")
-    if ckpt_path is None:
-        raise CheckpointError(f"{path / 'checkpoints'}: no complete checkpoint to load")
-    ckpt = load_checkpoint(ckpt_path)
+    else:
+        source = run_checkpoint(path, checkpoint)
+        ckpt = load_checkpoint(source)
+        modules, epoch, metrics = ckpt.modules, ckpt.epoch, read_metrics(path)
+    if build.fitted_by_em(config):  # an exported PPCA or GMM
+        from dgm.train.classical import classical_model
+
+        model = classical_model(config, modules.get("model", {}), source).to(dev)
+        return Run(path, config, model, None, data, epoch, dev, metrics)
     data_dim, n_train = data.x_train.shape[1], data.x_train.shape[0]
     torch.manual_seed(config.train.seed)
     family = families.family(config.model.kind)
     if family is not None:  # a GAN's generator, a diffusion model, an RBM
         model = family.model(config, data).to(dev)
-        for module, state in family.restorable(model, ckpt.modules):
-            load_module_state(module, state, ckpt_path)
-        return Run(path, config, model.eval(), None, data, ckpt.epoch, dev, read_metrics(path))
+        for module, state in family.restorable(model, modules):
+            load_module_state(module, state, source)
+        return Run(path, config, model.eval(), None, data, epoch, dev, metrics)
     model = build.build_model(config.model, data_dim).to(dev)
     posterior = build.build_posterior(config, data_dim, n_train).to(dev)
-    load_module_state(model, ckpt.modules.get("model", {}), ckpt_path)
-    load_module_state(posterior, ckpt.modules.get("posterior", {}), ckpt_path)
-    return Run(
-        path, config, model.eval(), posterior.eval(), data, ckpt.epoch, dev, read_metrics(path)
-    )
+    load_module_state(model, modules.get("model", {}), source)
+    load_module_state(posterior, modules.get("posterior", {}), source)
+    return Run(path, config, model.eval(), posterior.eval(), data, epoch, dev, metrics)
 
 
 def initial_run(config: ConfigLike = None, device: str | None = None) -> Run:

@@ -169,6 +169,7 @@ def inference_gaps(
     elbo_samples: int = 1000,
     batch_size: int = 100,
     on_stage: Callable[[str], None] | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
 ) -> dict[str, float | int | None]:
     r"""The inference gaps of an amortized posterior on x (Cremer et al. 2018, section 3).
 
@@ -182,20 +183,27 @@ def inference_gaps(
     overstate nothing else); both ELBOs are estimated with
     ``elbo_samples`` samples each. Everything is in nats per example, averaged over x's rows, with
     paired standard errors for the gaps.
+
+    Progress: ``on_stage(stage)`` is called as each of the four stages starts, and
+    ``on_batch(stage, n_done)`` after each batch of examples within it (for progress bars).
     """
     from dgm.estep import fit_local_posterior
 
-    def say(stage: str) -> None:
+    def stage(name: str) -> Callable[[int], None] | None:
         if on_stage is not None:
-            on_stage(stage)
+            on_stage(name)
+        return None if on_batch is None else (lambda done: on_batch(name, done))
 
-    say(f"optimizing q per example, {steps} steps")
-    optimized = fit_local_posterior(model, x, steps=steps, lr=lr, init=posterior)
-    say(f"log p(x), k = {k}")
-    ll = importance_log_likelihood(model, optimized, x, k, batch_size=batch_size)
-    say(f"ELBOs, {elbo_samples} samples")
-    el_amortized = importance_log_likelihood(model, posterior, x, elbo_samples).elbo
-    el_optimized = importance_log_likelihood(model, optimized, x, elbo_samples).elbo
+    progress = stage(f"optimizing q per example, {steps} steps")
+    optimized = fit_local_posterior(model, x, steps=steps, lr=lr, init=posterior, on_batch=progress)
+    progress = stage(f"log p(x), k = {k}")
+    ll = importance_log_likelihood(model, optimized, x, k, batch_size=batch_size, on_batch=progress)
+    progress = stage(f"the encoder's ELBO, {elbo_samples} samples")
+    el_amortized = importance_log_likelihood(model, posterior, x, elbo_samples, on_batch=progress)
+    progress = stage(f"the optimized ELBO, {elbo_samples} samples")
+    el_amortized = el_amortized.elbo
+    el_optimized = importance_log_likelihood(model, optimized, x, elbo_samples, on_batch=progress)
+    el_optimized = el_optimized.elbo
     n = x.shape[0]
     out: dict[str, float | int | None] = {}
     for name, v in (

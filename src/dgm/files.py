@@ -72,12 +72,22 @@ def refuse_link(path: Path) -> None:
         raise WriteError(path, "it is a symbolic link; dgm writes only regular files there")
 
 
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open`` or ``mkdir`` would give a new file (0o666) or directory (0o777) under
+    the process's umask: what dgm's files get, though written through a temporary file (which
+    :mod:`tempfile` creates 0o600, a directory 0o700), so that a shared run stays readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)``, fsync the result and rename it over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a half-written one.
     Any fault (a full disk: OSError or safetensors' SafetensorError) is a :class:`WriteError`
     naming ``path``; the temporary file is removed. A symbolic link at ``path`` is refused.
+    The file gets the mode a plain ``open`` would give it (:func:`default_mode`).
     """
     path = Path(path)
     refuse_link(path)
@@ -92,6 +102,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, default_mode())
         os.replace(tmp_path, path)
     except BaseException as err:
         tmp_path.unlink(missing_ok=True)

@@ -38,6 +38,8 @@ KNOWN = (
     "score*.json",
     "score*.png",
     "model.safetensors",
+    "latent.png",
+    "report.html",
 )
 #: a checkpoint directory's name, and what dgm writes in one
 CHECKPOINT_NAME = "epoch-[0-9][0-9][0-9][0-9]*"

@@ -63,26 +63,39 @@ def save_image(img: Image.Image, path: Path) -> None:
     atomic_write_bytes(Path(path), _png_bytes(img))
 
 
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (120 dpi, cropped to its contents)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def save_figure(fig: Figure, path: Path) -> None:
     from dgm.files import atomic_write_bytes  # here: dgm.train imports this module
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), figure_png(fig))
 
 
 def save_grid(images: torch.Tensor, path: Path, image_shape: tuple[int, int] = (28, 28)) -> None:
     save_image(image_grid(images, image_shape), path)
 
 
-def save_reconstructions(
-    x: torch.Tensor, x_rec: torch.Tensor, path: Path, image_shape: tuple[int, int] = (28, 28)
-) -> None:
-    """Rows of test images, each over the row of their reconstructions (``nrow`` = 8)."""
+def reconstruction_grid(
+    x: torch.Tensor, x_rec: torch.Tensor, image_shape: tuple[int, int] = (28, 28)
+) -> Image.Image:
+    """Rows of test images (B, D), each over the row of their reconstructions (``nrow`` = 8;
+    the first B - B % 8 images)."""
     n = x.shape[0] - x.shape[0] % 8
     x, x_rec = x[:n].reshape(-1, 8, x.shape[-1]), x_rec[:n].reshape(-1, 8, x.shape[-1])
     interleaved = torch.stack([x, x_rec], 1).reshape(-1, x.shape[-1])  # (2n, D)
-    save_image(image_grid(interleaved, image_shape, nrow=8), path)
+    return image_grid(interleaved, image_shape, nrow=8)
+
+
+def save_reconstructions(
+    x: torch.Tensor, x_rec: torch.Tensor, path: Path, image_shape: tuple[int, int] = (28, 28)
+) -> None:
+    """:func:`reconstruction_grid` as a PNG file."""
+    save_image(reconstruction_grid(x, x_rec, image_shape), path)
 
 
 def save_side_by_side(
@@ -111,6 +124,10 @@ VAE_CURVES = (
 )
 
 
+#: curves with at most this many points have a marker on each
+CURVE_MARKERS = 50
+
+
 def save_curves(
     rows: list[dict],
     path: Path,
@@ -119,9 +136,18 @@ def save_curves(
     """Training curves from a run's metrics rows (``metrics.jsonl``): one panel per
     (y label, metric names) of ``panels`` (default: :data:`VAE_CURVES`; the AE's
     reconstruction when it has no bound), each metric the first row has as a line."""
+    fig = curves_figure(rows, panels)
+    if fig is not None:
+        save_figure(fig, path)
+
+
+def curves_figure(
+    rows: list[dict], panels: Sequence[tuple[str, Sequence[str]]] | None = None
+) -> Figure | None:
+    """The figure of :func:`save_curves`, or None when no row has an epoch."""
     rows = [r for r in rows if "epoch" in r]
     if not rows:
-        return
+        return None
     panels = list(panels or VAE_CURVES)
     if panels[0][1] == VAE_CURVES[0][1] and not any(k in rows[0] for k in panels[0][1]):
         panels[0] = ("nats per example", ("train_recon", "test_recon"))
@@ -130,13 +156,15 @@ def save_curves(
     fig, axes = subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (label, keys) in zip(np.atleast_1d(axes), panels, strict=True):
         for k in keys:  # a row without a key (a metric added on resume) is left out of its line
-            ax.plot(*_series(rows, k), label=k)
+            xs, ys = _series(rows, k)
+            # a marker on each epoch: a run of one epoch is one point, which a line never shows
+            ax.plot(xs, ys, label=k, marker="o" if len(xs) <= CURVE_MARKERS else None, ms=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         if keys:
             ax.legend()
         ax.grid(alpha=0.3)
-    save_figure(fig, path)
+    return fig
 
 
 def save_gradvar(records: list[dict], path: Path, title: str = "") -> None:
@@ -247,4 +275,72 @@ def save_progress(
     ax.set_xticks([])
     ax.set_ylabel("epoch")
     ax.set_title("the same z, epoch by epoch")
+    save_figure(fig, path)
+
+
+def save_latent(
+    path: Path,
+    *,
+    coords: torch.Tensor,
+    labels: torch.Tensor | None,
+    axes: tuple[str, str],
+    interpolations: torch.Tensor,
+    traversals: torch.Tensor,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    traversal_title: str,
+    pair_rows: Sequence[str] | None = None,
+    image_shape: tuple[int, int] = (28, 28),
+) -> None:
+    """The latent view of :mod:`dgm.latent` in one figure: left, the test means ``coords``
+    (N, 2) coloured by ``labels`` (N,); right, the ``interpolations`` (P, S, D), one pair per
+    row, over the ``traversals`` (U, Q, D), one unit per row (named by ``rows``) and one
+    quantile per column (``columns``); ``pair_rows`` names the pairs."""
+    from matplotlib.figure import Figure
+    from matplotlib.gridspec import GridSpec
+
+    p, s, d = interpolations.shape
+    u, q, _ = traversals.shape
+    h, w = image_shape
+    fig = Figure(figsize=(13, 6.5))
+    grid = GridSpec(2, 2, figure=fig, width_ratios=[1, 1.15], height_ratios=[p, u], wspace=0.25)
+    plane = fig.add_subplot(grid[:, 0])
+    xy = coords.detach().double().cpu().numpy()
+    if labels is None:
+        plane.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.6, color="C0", linewidths=0)
+    else:
+        lab = labels.detach().cpu().numpy()
+        for k in np.unique(lab):
+            at = lab == k
+            color = f"C{int(k) % 10}"
+            plane.scatter(xy[at, 0], xy[at, 1], s=3, alpha=0.6, color=color, label=str(k))
+        plane.legend(title="label", markerscale=4, fontsize=8, loc="best")
+    plane.set_xlabel(axes[0])
+    plane.set_ylabel(axes[1])
+    plane.set_title(f"E_q[z | x] of {xy.shape[0]} test images")
+    plane.grid(alpha=0.3)
+    top = fig.add_subplot(grid[0, 1])
+    top.imshow(
+        np.asarray(image_grid(interpolations.reshape(-1, d), image_shape, nrow=s, scale=1)),
+        cmap="gray",
+        vmin=0,
+        vmax=255,
+    )
+    top.set_xticks([2 + (w + 2) * j + w / 2 for j in (0, s - 1)], ["x_a", "x_b"])
+    if pair_rows:
+        top.set_yticks([2 + (h + 2) * i + h / 2 for i in range(p)], list(pair_rows), fontsize=8)
+    else:
+        top.set_yticks([])
+    top.set_title("decoder means along (1 - t) m(x_a) + t m(x_b)")
+    bottom = fig.add_subplot(grid[1, 1])
+    bottom.imshow(
+        np.asarray(image_grid(traversals.reshape(-1, d), image_shape, nrow=q, scale=1)),
+        cmap="gray",
+        vmin=0,
+        vmax=255,
+    )
+    bottom.set_yticks([2 + (h + 2) * i + h / 2 for i in range(u)], list(rows), fontsize=8)
+    bottom.set_xticks([2 + (w + 2) * j + w / 2 for j in range(q)], list(columns), fontsize=7)
+    bottom.set_xlabel("quantile")
+    bottom.set_title(traversal_title, fontsize=10)
     save_figure(fig, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import dgm.export as export
 from dgm.config import MAX_SEED, Config, load_run_config
 from dgm.devices import resolve_device
 from dgm.errors import UsageError, shorten
@@ -48,9 +49,19 @@ def check_memory(config: Config, device: str | None, need: Need, what: str) -> N
     check(need, config, dev, what)
 
 
-def run_config(run_dir: Path) -> Config:
-    """The configuration of the run in ``run_dir`` (one ConfigError line if it is not a run)."""
-    return load_run_config(Path(run_dir) / "config.json")
+def run_config(run_dir: Path | str) -> Config:
+    """The configuration of the run in ``run_dir`` (a run, an export or ``pretrained:NAME``;
+    one ConfigError line if it is none of them)."""
+    return load_run_config(export.resolve(run_dir) / "config.json")
+
+
+def output_dir(run_dir: Path | str) -> Path:
+    """Where a command writes what it measured of ``run_dir``: the run's own directory, or,
+    for a model that ships with dgm (``pretrained:NAME``, inside the installed package),
+    ``./pretrained-NAME`` in the current directory."""
+    if export.is_pretrained(run_dir):
+        return Path.cwd() / f"pretrained-{export.resolve(run_dir).name}"
+    return Path(run_dir)
 
 
 def add_steps_argument(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import dgm.manifest as manifest
 import dgm.sizes as sizes
 from dgm.api import load_run
-from dgm.cli.common import check_memory, check_seed_and_device, count, pm, run_config
+from dgm.cli.common import check_memory, check_seed_and_device, count, output_dir, pm, run_config
 from dgm.errors import UsageError
 from dgm.evaluate import DEFAULT_PAIRS_PER_PASS
 
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
     if any(v is not None and v < 1 for v in (args.steps, args.chains, args.n)):
         raise UsageError("--steps, --chains and --n must be positive")
-    run_dir = Path(args.run_dir)
-    config = run_config(run_dir)
+    run_dir = output_dir(args.run_dir)  # where what it measures is written
+    config = run_config(args.run_dir)
     resolve_defaults(args, config)
     if args.scale is not None and config.model.kind != "gan":
         raise UsageError("--scale is the sigma of a GAN's observation model: this run is not a GAN")
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         floats = 2 * args.n * (sizes.data_shape(config)[2] + sum(sizes.latent_sizes(config)))
         need.add(f"{args.n:,} simulated examples", "--n", sizes.FLOAT * floats)
         check_memory(config, args.device, need, "BDMC")
-    run = load_run(run_dir, device=args.device)
+    run = load_run(args.run_dir, device=args.device)
     if run.exact:
         summary = run.evaluate(limit=args.limit)
         if args.json:
@@ -118,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
             args.k, args.limit, args.seed, on_batch=lambda done: bar.update(done - bar.n)
         )
     summary["seconds"] = time.perf_counter() - start
-    atomic_write_text(run_dir / f"eval-k{args.k}.json", json.dumps(summary, indent=2) + "\n")
-    manifest.record(run_dir, run_dir / f"eval-k{args.k}.json")
+    name = output_name(f"k{args.k}", n, run.epoch)
+    atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
+    manifest.record(run_dir, run_dir / name)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -160,7 +161,8 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
                 **options,
             )
     summary["seconds"] = time.perf_counter() - start
-    name = f"eval-{args.method}-t{args.steps}-c{args.chains}.json"
+    n = args.n if args.method == "bdmc" else run.data.x_test[: args.limit].shape[0]
+    name = output_name(f"{args.method}-t{args.steps}-c{args.chains}", n, run.epoch)
     atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
     manifest.record(run_dir, run_dir / name)
     if args.json:
@@ -196,6 +198,13 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
     return 0
 
 
+def output_name(method: str, n: int, epoch: int) -> str:
+    """The file an evaluation is written to in the run directory: its method and settings, the
+    number of examples and the checkpoint's epoch (eval-k5000-n10000-epoch20.json), so that an
+    evaluation on other examples or of another epoch never replaces it."""
+    return f"eval-{method}-n{n}-epoch{epoch}.json"
+
+
 #: a family's default evaluation (the others: importance sampling from q)
 DEFAULT_METHOD = {"diffusion": "bound", "gan": "ais", "rbm": "ais"}
 
@@ -221,7 +230,7 @@ def run_bound(args: argparse.Namespace, run_dir: Path) -> int:
 
     from dgm.files import atomic_write_text
 
-    run = load_run(run_dir, device=args.device)
+    run = load_run(args.run_dir, device=args.device)
     n = run.data.x_test[: args.limit].shape[0]
     start = time.perf_counter()
     with tqdm(total=n, disable=args.json or args.quiet, desc=f"ELBO, {args.k} steps") as bar:
@@ -229,7 +238,7 @@ def run_bound(args: argparse.Namespace, run_dir: Path) -> int:
             args.k, args.limit, args.seed, on_batch=lambda done: bar.update(done - bar.n)
         )
     summary["seconds"] = time.perf_counter() - start
-    name = f"eval-bound-k{summary['time_steps']}.json"
+    name = output_name(f"bound-k{summary['time_steps']}", n, run.epoch)
     atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
     manifest.record(run_dir, run_dir / name)
     if args.json:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import dgm.manifest as manifest
 from dgm.api import load_run
-from dgm.cli.common import check_seed_and_device, count, pm
+from dgm.cli.common import check_seed_and_device, count, output_dir, pm
 from dgm.errors import UsageError
 from dgm.files import atomic_write_text
 
@@ -31,10 +30,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from dgm.plots import save_gap
 
     check_seed_and_device(args)
@@ -42,18 +44,32 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--k, --steps, --elbo-samples and --lr must be positive")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of test examples")
-    run_dir = Path(args.run_dir)
-    run_ = load_run(run_dir, device=args.device)
+    run_dir = output_dir(args.run_dir)  # where what it measures is written
+    run_ = load_run(args.run_dir, device=args.device)
+    n = run_.data.x_test[: args.limit].shape[0]
+    bars: dict[str, Any] = {}
+
+    def on_batch(stage: str, done: int) -> None:  # one bar per stage, examples done of n
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = tqdm(total=n, desc=stage, disable=args.json or args.quiet)
+        bars[stage].update(done - bars[stage].n)
+
     start = time.perf_counter()
-    result = run_.gaps(
-        k=args.k,
-        limit=args.limit,
-        seed=args.seed,
-        steps=args.steps,
-        lr=args.lr,
-        elbo_samples=args.elbo_samples,
-        on_stage=None if args.json else (lambda s: print(f"... {s}", flush=True)),
-    )
+    try:
+        result = run_.gaps(
+            k=args.k,
+            limit=args.limit,
+            seed=args.seed,
+            steps=args.steps,
+            lr=args.lr,
+            elbo_samples=args.elbo_samples,
+            on_batch=on_batch,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
     result["seconds"] = time.perf_counter() - start
     atomic_write_text(run_dir / "gap.json", json.dumps(result, indent=2) + "\n")
     save_gap(result, run_dir / "gap.png")

@@ -14,6 +14,7 @@ from dgm.cli.common import (
     check_memory,
     check_seed_and_device,
     count,
+    output_dir,
     run_config,
 )
 from dgm.errors import UsageError
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     check_seed_and_device(args)
     if args.n < 1:
         raise UsageError(f"--n {args.n}: expected a positive number of samples")
-    run_dir = Path(args.run_dir)
+    run_dir = output_dir(args.run_dir)  # where what it measures is written
     # the run's own samples.png (its training's picture) is never overwritten by default
     out = Path(args.out) if args.out else run_dir / f"samples-n{args.n}-seed{args.seed}.png"
     if out.is_dir():
@@ -47,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--out {out}: dgm sample writes PNG images; expected a name ending in .png"
         )
-    config = run_config(run_dir)
+    config = run_config(args.run_dir)
     check_memory(config, args.device, sizes.sampling(config, args.n), f"dgm sample --n {args.n}")
-    run = load_run(run_dir, device=args.device)
+    run = load_run(args.run_dir, device=args.device)
     save_grid(run.sample(args.n, seed=args.seed, steps=args.steps), out, run.data.image_shape)
     manifest.record(run_dir, out)  # only when written into the run
     print(out)

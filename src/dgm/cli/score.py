@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import dgm.manifest as manifest
@@ -16,6 +15,7 @@ from dgm.cli.common import (
     check_memory,
     check_seed_and_device,
     count,
+    output_dir,
     run_config,
 )
 from dgm.errors import UsageError
@@ -35,7 +35,7 @@ ROWS = (
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="sample quality (FID, KID, precision, recall, ...) of a run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--n", type=count, default=10000, help="number of samples (default 10000)")
+    p.add_argument("--n", type=count, default=10000, help="number of samples")
     p.add_argument(
         "--mean",
         action="store_true",
@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     check_seed_and_device(args)
     if args.n < 2:
         raise UsageError(f"--n {args.n}: expected at least 2 samples")
-    run_dir = Path(args.run_dir)
-    config = run_config(run_dir)
+    run_dir = output_dir(args.run_dir)  # where what it measures is written
+    config = run_config(args.run_dir)
     check_memory(config, args.device, sizes.scoring(config, args.n), f"dgm score --n {args.n}")
-    run = load_run(run_dir, device=args.device)
+    run = load_run(args.run_dir, device=args.device)
     stage = None if args.json else (lambda s: print(f"{s} ...", file=sys.stderr))
     result = run.score(args.n, seed=args.seed, mean=args.mean, on_stage=stage, steps=args.steps)
     summary = {
@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
         "epoch": run.epoch,
         "seed": args.seed,
     }
-    name = "score-mean" if args.mean else "score"
+    # the samples, their number, seed and the epoch in the name: another score never replaces it
+    what = "score-mean" if args.mean else "score"
+    name = f"{what}-n{args.n}-seed{args.seed}-epoch{run.epoch}"
     atomic_write_text(run_dir / f"{name}.json", json.dumps(summary, indent=2) + "\n")
     floor_hist = ("training images (floor)", result.floor["label_histogram"])
     save_score(

@@ -12,7 +12,7 @@ from typing import Any
 
 from dgm.build import fitted_by_em
 from dgm.cli.common import check_seed_and_device, pm
-from dgm.config import RESUME_KEYS, load_config, parse_value
+from dgm.config import RESUME_KEYS, Config, load_config, parse_value
 from dgm.errors import UsageError, shorten
 from dgm.registry import ESTIMATORS
 
@@ -149,6 +149,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--force", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log every epoch to TensorBoard, in RUN_DIR/tensorboard (or --tensorboard-dir); "
+        'needs pip install "dgm[tensorboard]"',
+    )
+    p.add_argument("--tensorboard-dir", metavar="DIR", help="where --tensorboard writes")
+    defaults = Config()  # what `dgm train` with no config file takes
     for flag, (key, typ, help_text) in TRAIN_FLAGS.items():
         if flag in SWITCHES:  # present or absent
             p.add_argument(
@@ -160,9 +168,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             dest=flag,
             type=typ or str,
             default=None,
-            help=f"{help_text} [{key}]",
+            help=f"{help_text} [{key}; default: {config_default(defaults, key)}]",
         )
     return p
+
+
+def config_default(config: Config, key: str) -> str:
+    """The value of the dotted ``key`` in ``config`` as a flag would spell it (a list: 200,200;
+    a family's own default differs for some keys: see dgm.config.FAMILY_DEFAULTS)."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_seed_and_device(args, "train.device")
     values = overrides(args)
+    if args.tensorboard_dir is not None and not args.tensorboard:
+        raise UsageError("--tensorboard-dir DIR: add --tensorboard to log there")
+    # a missing tensorboard stops before training
+    callbacks = tensorboard(args.tensorboard_dir) if args.tensorboard else []
     main = is_main_process()  # under torchrun only rank 0 writes and prints
     start = time.perf_counter()
 
@@ -203,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, values)
         if fitted_by_em(config):
+            if callbacks:
+                raise UsageError(
+                    f"--tensorboard: model.kind = '{config.model.kind}' is fitted by EM in one "
+                    "go, with no epochs to log"
+                )
             return train_classical(args, config)
         train, target = (
             runs.fit,
@@ -215,12 +243,21 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet and main,
             on_start=started,
             on_epoch=print_epoch,
+            callbacks=callbacks,
             stop_on_signals=True,
         )
         finished = True
     finally:
         shutdown(wait=finished)  # every rank waits for rank 0's figures
     return report(result, start, main)
+
+
+def tensorboard(directory: str | None) -> list[Any]:
+    """--tensorboard: a TensorBoardLogger writing to ``directory`` (None: RUN_DIR/tensorboard).
+    Under torchrun only rank 0 writes."""
+    from dgm.callbacks.tensorboard import TensorBoardLogger
+
+    return [TensorBoardLogger(directory)]
 
 
 def removed(paths: list[Path]) -> None:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dgm.data.idx import MAX_IDX_BYTES, sha256_of_idx
 from dgm.errors import DataError, UsageError
+from dgm.files import default_mode
 
 __all__ = ["check_url", "download_file"]
 
@@ -86,6 +87,7 @@ def download_file(
                     f"checksum mismatch for download of {url}: SHA-256 of the decompressed "
                     f"content is {actual}, expected {sha256.lower()}"
                 )
+        os.chmod(tmp, default_mode())  # not mkstemp's 0o600: a shared cache stays readable
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)  # the rename itself survives a crash
     finally:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from dgm.config import Config
 from dgm.config import validate as validate_config
 from dgm.errors import CheckpointError, ConfigError, shorten
-from dgm.files import WRITE_FAULTS, fsync_dir, read_json, write_error
+from dgm.files import WRITE_FAULTS, default_mode, fsync_dir, read_json, write_error
 from dgm.train.validate import (
     MAX_EPOCH,
     MAX_STEP,
@@ -186,6 +186,7 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
     final = directory / f"epoch-{ckpt.epoch:04d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
     try:
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's 0o700 would hide it from others
         tensors: dict[str, torch.Tensor] = {}
         for name, state in ckpt.modules.items():
             for key, value in state.items():
@@ -209,6 +210,7 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
             except WRITE_FAULTS as err:
                 raise write_error(final / name, err) from None
         for f in (TENSORS, STATE):
+            os.chmod(tmp / f, default_mode())
             _fsync_file(tmp / f)
         fsync_dir(tmp)
         if final.exists():  # a re-run of the same epoch (resumed from an older checkpoint)
@@ -246,6 +248,17 @@ def list_checkpoints(directory: Path) -> list[Path]:
 def latest_checkpoint(directory: Path) -> Path | None:
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def run_checkpoint(run_dir: Path, checkpoint: Path | str | None = None, what: str = "load") -> Path:
+    """``checkpoint`` if given, else the latest complete checkpoint of the run in ``run_dir``;
+    a run with none is one CheckpointError line (``what``: the verb it names)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    found = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{Path(run_dir) / 'checkpoints'}: no complete checkpoint to {what}")
+    return found
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

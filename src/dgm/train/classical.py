@@ -120,6 +120,13 @@ def load_classical(config: Config, path: Path) -> PPCA | GaussianMixture:
         raise CheckpointError(f"{path}: not found (has the run finished fitting?)") from None
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
+    return classical_model(config, t, path)
+
+
+def classical_model(
+    config: Config, t: dict[str, torch.Tensor], path: Path
+) -> PPCA | GaussianMixture:
+    """The PPCA or GMM of ``config`` with the fitted tensors ``t`` (read from ``path``)."""
     try:
         if config.model.kind == "ppca":
             return PPCA(t["W"], t["mu"], t["sigma2"])

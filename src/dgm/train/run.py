@@ -5,7 +5,9 @@ RUN_DIR/
     metrics.jsonl       one JSON line per epoch
     checkpoints/        see dgm.train.checkpoint
     samples.png  train_vs_generated.png  reconstructions.png  curves.png
-    eval-k5000.json     written by ``dgm eval``
+    tensorboard/        with ``dgm train --tensorboard`` (dgm.callbacks.TensorBoardLogger)
+    latent.png          the latent plane (latent_dim = 2; any run with ``dgm latent``)
+    eval-k5000-n10000-epoch20.json  written by ``dgm eval`` (method, examples, epoch)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 
+import dgm.latent as latent
 import dgm.manifest as manifest
 from dgm.build import fitted_by_em
 from dgm.config import (
@@ -158,14 +161,19 @@ def train_run(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     trainer: Trainer | None = None,
     stop_on_signals: bool = False,
+    on_ready: Callable[[], None] | None = None,
 ) -> Trainer:
     """Train (or continue) the run in ``run_dir`` and write its metrics and pictures.
 
     With ``stop_on_signals``, SIGINT/SIGTERM stop the run cleanly after the current epoch's
     checkpoint (see :meth:`Trainer.stop_on_signals`); ``trainer.stop_signal`` then says which.
+    ``on_ready()`` is called on the main process once the run is ready to train (a resumed
+    one restored from its checkpoint), before its first epoch.
     """
     with run_lock(run_dir) if is_main_process() else nullcontext():
-        return _train_run(config, run_dir, resume, progress, on_epoch, trainer, stop_on_signals)
+        return _train_run(
+            config, run_dir, resume, progress, on_epoch, trainer, stop_on_signals, on_ready
+        )
 
 
 def is_main_process() -> bool:
@@ -181,6 +189,7 @@ def _train_run(
     on_epoch: Callable[[dict[str, Any]], None] | None,
     trainer: Trainer | None,
     stop_on_signals: bool,
+    on_ready: Callable[[], None] | None = None,
 ) -> Trainer:
     trainer = trainer or Trainer(config, run_dir)
     main = trainer.dist.is_main  # distributed: only rank 0 writes files
@@ -216,6 +225,8 @@ def _train_run(
         if on_epoch is not None:
             on_epoch(metrics)
 
+    if on_ready is not None and main:
+        on_ready()
     if stop_on_signals:
         with trainer.stop_on_signals():
             trainer.fit(progress=progress, on_epoch=record)
@@ -228,7 +239,8 @@ def _train_run(
 
 def write_figures(trainer: Trainer, run_dir: Path, seed: int = 0) -> None:
     """samples.png, train_vs_generated.png, reconstructions.png and curves.png (a family's
-    own pictures for the families of :mod:`dgm.families`)."""
+    own pictures for the families of :mod:`dgm.families`); latent.png (:mod:`dgm.latent`) when
+    an encoder's latent space is a plane (latent_dim = 2)."""
     if trainer.family is not None:
         family, rows = trainer.family, read_metrics(run_dir)
         written = family.figures(trainer.config, trainer.method, trainer.data, run_dir, rows)
@@ -241,6 +253,8 @@ def write_figures(trainer: Trainer, run_dir: Path, seed: int = 0) -> None:
     with torch.inference_mode():
         _write_figures(trainer, posterior, x, run_dir)
     torch.set_rng_state(rng_state)
+    if trainer.config.model.latent_dim == 2 and latent.refusal(trainer.config) is None:
+        latent.write_view(trainer, run_dir, seed=seed)  # latent.png; its own RNG, restored
 
 
 def _write_figures(trainer: Trainer, posterior: torch.nn.Module, x: torch.Tensor, run_dir: Path):
