@@ -319,26 +319,20 @@ def save_latent(
     plane.set_ylabel(axes[1])
     plane.set_title(f"E_q[z | x] of {xy.shape[0]} test images")
     plane.grid(alpha=0.3)
-    top = fig.add_subplot(grid[0, 1])
-    top.imshow(
-        np.asarray(image_grid(interpolations.reshape(-1, d), image_shape, nrow=s, scale=1)),
-        cmap="gray",
-        vmin=0,
-        vmax=255,
-    )
+    def panel(where: Any, images: torch.Tensor, nrow: int) -> Any:  # a grid of images as axes
+        ax = fig.add_subplot(where)
+        grid_image = image_grid(images.reshape(-1, d), image_shape, nrow=nrow, scale=1)
+        ax.imshow(np.asarray(grid_image), cmap="gray", vmin=0, vmax=255)
+        return ax
+
+    top = panel(grid[0, 1], interpolations, s)
     top.set_xticks([2 + (w + 2) * j + w / 2 for j in (0, s - 1)], ["x_a", "x_b"])
     if pair_rows:
         top.set_yticks([2 + (h + 2) * i + h / 2 for i in range(p)], list(pair_rows), fontsize=8)
     else:
         top.set_yticks([])
     top.set_title("decoder means along (1 - t) m(x_a) + t m(x_b)")
-    bottom = fig.add_subplot(grid[1, 1])
-    bottom.imshow(
-        np.asarray(image_grid(traversals.reshape(-1, d), image_shape, nrow=q, scale=1)),
-        cmap="gray",
-        vmin=0,
-        vmax=255,
-    )
+    bottom = panel(grid[1, 1], traversals, q)
     bottom.set_yticks([2 + (h + 2) * i + h / 2 for i in range(u)], list(rows), fontsize=8)
     bottom.set_xticks([2 + (w + 2) * j + w / 2 for j in range(q)], list(columns), fontsize=7)
     bottom.set_xlabel("quantile")
