@@ -50,7 +50,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 import dgm
-import dgm.sizes as sizes
+import dgm.counts as counts
 from dgm.ais import ais_log_likelihood
 from dgm.build import as_evaluated
 from dgm.config import load_config
@@ -124,7 +124,7 @@ def train_within(run_dir: Path, config_path: Path, overrides: dict[str, Any], bu
 
 
 def trained_parameters(config: Any) -> int:
-    parts = sizes.networks(config, 784, 60_000)
+    parts = counts.networks(config, 784, 60_000)
     return sum(p.parameters for p in parts if "not trained" not in p.name)
 
 

@@ -15,16 +15,9 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from dgm.methods.diffusion import DiffusionMethod
-from dgm.models.diffusion import (
-    BernoulliDecoder,
-    CosineSchedule,
-    DiscretizedGaussian,
-    GaussianDiffusion,
-    LinearSchedule,
-    MLPDenoiser,
-    NoiseSchedule,
-    UNet,
-)
+from dgm.models.denoisers import MLPDenoiser, UNet
+from dgm.models.diffusion import CosineSchedule, GaussianDiffusion, LinearSchedule, NoiseSchedule
+from dgm.models.diffusion_decoders import BernoulliDecoder, DiscretizedGaussian
 
 F64 = torch.float64
 SCHEDULES = [LinearSchedule(200), CosineSchedule(200)]

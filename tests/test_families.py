@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import dgm
+import dgm.counts as counts
 import dgm.sizes as sizes
 from dgm.cli import main
 from dgm.config import ConfigError, validate
@@ -211,7 +212,7 @@ def test_family_defaults_are_the_papers_and_a_config_overrides_them():
 )
 def test_memory_counts_are_the_built_modules_parameters(config):
     cfg = validate({**config, "data": {**config.get("data", {}), "train_limit": 100}})
-    counted = sum(p.parameters for p in sizes.networks(cfg, 784, 100))
+    counted = sum(p.parameters for p in counts.networks(cfg, 784, 100))
     trainer = Trainer(cfg, "unused")
     modules = trainer.method.checkpoint_modules()
     built = sum(

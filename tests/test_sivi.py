@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import dgm.sizes as sizes
+import dgm.counts as counts
 from dgm.build import build_model, build_posterior
 from dgm.config import ConfigError, validate
 from dgm.distributions import rsample_and_log_prob
@@ -84,7 +84,7 @@ def test_sivi_trains_and_is_evaluated_like_every_posterior(tmp_path):
 @pytest.mark.parametrize("posterior", ["gaussian", "iaf:2", "planar:3", "sivi:4"])
 def test_memory_counts_are_the_built_posteriors_parameters(posterior):
     config = validate({"model": {"posterior": posterior, "hidden": [30, 20]}})
-    counted = sum(p.parameters for p in sizes.networks(config, 784, 100))
+    counted = sum(p.parameters for p in counts.networks(config, 784, 100))
     built = sum(
         p.numel()
         for m in (build_model(config.model, 784), build_posterior(config, 784, 100))

@@ -319,6 +319,7 @@ def save_latent(
     plane.set_ylabel(axes[1])
     plane.set_title(f"E_q[z | x] of {xy.shape[0]} test images")
     plane.grid(alpha=0.3)
+
     def panel(where: Any, images: torch.Tensor, nrow: int) -> Any:  # a grid of images as axes
         ax = fig.add_subplot(where)
         grid_image = image_grid(images.reshape(-1, d), image_shape, nrow=nrow, scale=1)

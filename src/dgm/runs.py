@@ -182,7 +182,8 @@ class Run:
             raise UsageError(f"evaluate: k = {k}; expected a positive number of samples")
         x = self.data.x_test[:limit]
         if self.family is not None:
-            return self._family_bound(x, k, seed, on_batch)
+            summary = self.family.bound(self.model, self.config, x, k, seed, on_batch)
+            return {**summary, "epoch": self.epoch}
         if self.exact:
             from dgm.train.classical import test_log_likelihood
 
@@ -198,43 +199,6 @@ class Run:
         summary: dict[str, Any] = {**result.summary(), "epoch": self.epoch}
         summary.update(active_units(posterior, x))
         return summary
-
-    def _family_bound(
-        self, x: torch.Tensor, k: int, seed: int, on_batch: Any = None
-    ) -> dict[str, Any]:
-        """A diffusion model's ELBO in nats on ``x``: every example's bound estimated from ``k``
-        stratified time steps (the decoder's term always; k = T: every step summed)."""
-        if "bound" not in self.family.provides:
-            raise UsageError(
-                f"{self.path}: a '{self.kind}' run has no bound on ln p(x) to evaluate; "
-                "estimate it with --method ais"
-            )
-        model = self.model.eval()
-        k = min(k, model.T)
-        if k < 2:
-            raise UsageError(f"evaluate: k = {k}; a diffusion bound needs at least 2 time steps")
-        generator = torch.Generator(x.device).manual_seed(seed)
-        batch = self.config.train.eval_batch_size
-        per_call = max(1, 4096 // k)
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], per_call):
-                x_b = x[start : start + per_call]
-                parts.append(model.elbo_estimate(x_b, k, max(batch, 4096), generator).double())
-                if on_batch is not None:
-                    on_batch(start + x_b.shape[0])
-        elbo = torch.cat(parts)
-        n = elbo.numel()
-        stderr = float(elbo.std() / n**0.5) if n > 1 else None
-        return {
-            "elbo": float(elbo.mean()),
-            "elbo_stderr": stderr,
-            "log_likelihood_bound": "elbo",
-            "time_steps": k,
-            "steps": model.T,
-            "examples": n,
-            "epoch": self.epoch,
-        }
 
     def evaluate_ais(
         self,
@@ -253,8 +217,12 @@ class Run:
         self._require_decoder()
         torch.manual_seed(seed)
         x = self.data.x_test[:limit]
-        if self.kind == "rbm":
-            return self._rbm_ais(x, steps, chains, seed)
+        if self.family is not None and "partition" in self.family.provides:
+            if steps < 3:
+                raise UsageError(f"--steps {steps}: AIS needs at least 3 temperatures")
+            model = self.model.eval()
+            result = self.family.log_likelihood(model, self.data, x, steps, chains, seed)
+            return {**result, "method": "ais", "epoch": self.epoch}
         model = self._annealed_model(options.pop("scale", None))
         parts, acceptance = [], 0.0
         for start in range(0, x.shape[0], batch_size):
@@ -265,34 +233,18 @@ class Run:
                 on_batch(start + r.log_likelihood.numel())
         result = AISResult(torch.cat(parts), steps, chains, acceptance / x.shape[0], "forward")
         summary = {**result.summary(), "method": "ais", "epoch": self.epoch}
-        if self.kind == "gan":
+        if hasattr(model, "scale"):  # an observation model's sigma
             summary["observation_scale"] = model.scale
         return summary
 
     def _annealed_model(self, scale: float | None = None) -> nn.Module:
-        """The model AIS anneals over: the decoder model itself, or a GAN's generator with
-        Wu et al. 2017's observation model N(G(z), scale^2 I) (default
-        ``gan.observation_scale``)."""
-        if self.kind != "gan":
-            if scale is not None:
-                raise UsageError(f"{self.path}: --scale is the GAN's observation model's sigma")
-            return self.model.eval()
-        from dgm.models.gan import ObservedGenerator
-
-        scale = self.config.gan.observation_scale if scale is None else scale
-        if not (isinstance(scale, int | float) and scale > 0):
-            raise UsageError(f"--scale {scale}: expected a positive sigma")
-        return ObservedGenerator(self.model.eval(), float(scale))
-
-    def _rbm_ais(self, x: torch.Tensor, temperatures: int, runs: int, seed: int) -> dict[str, Any]:
-        """ln p(x) = -F(x) - log Z, log Z by AIS over ``temperatures`` from the base-rate RBM
-        with ``runs`` runs (Salakhutdinov and Murray 2008)."""
-        if temperatures < 3:
-            raise UsageError(f"--steps {temperatures}: AIS needs at least 3 temperatures")
-        result = self.family.log_likelihood(
-            self.model.eval(), self.data, x, temperatures, runs, seed
-        )
-        return {**result, "method": "ais", "epoch": self.epoch}
+        """The model AIS anneals over z: the decoder model, or a family's
+        (:meth:`dgm.families.base.Family.annealed_model`)."""
+        if self.family is not None:
+            return self.family.annealed_model(self.model.eval(), self.config, scale)
+        if scale is not None:
+            raise UsageError(f"{self.path}: --scale is the GAN's observation model's sigma")
+        return self.model.eval()
 
     def bdmc(
         self, n: int = 100, steps: int = 1000, chains: int = 16, seed: int = 0, **options: Any
@@ -300,9 +252,9 @@ class Run:
         """Bidirectional Monte Carlo (Grosse et al. 2015) on ``n`` examples simulated from the
         model: AIS's lower and reverse AIS's upper bound on their log p(x), and the gap."""
         self._require_decoder()
-        if self.kind == "rbm":
+        if self.family is not None and "partition" in self.family.provides:
             raise UsageError(
-                f"{self.path}: BDMC anneals over z of a decoder model; an RBM has none"
+                f"{self.path}: BDMC anneals over z of a decoder model; a '{self.kind}' has none"
             )
         torch.manual_seed(seed)
         model = self._annealed_model(options.pop("scale", None))

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dgm.counts as counts
+import dgm.families as families
 import dgm.manifest as manifest
 import dgm.sizes as sizes
 from dgm.api import load_run
@@ -78,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = output_dir(args.run_dir)  # where what it measures is written
     config = run_config(args.run_dir)
     resolve_defaults(args, config)
-    if args.scale is not None and config.model.kind != "gan":
-        raise UsageError("--scale is the sigma of a GAN's observation model: this run is not a GAN")
     if args.method == "bound":
         return run_bound(args, run_dir)
     if args.method == "is":
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         check_memory(config, args.device, sizes.annealing(config, args.steps, args.chains), "AIS")
     else:
         need = sizes.annealing(config, args.steps, args.chains, min(args.n, 100))
-        floats = 2 * args.n * (sizes.data_shape(config)[2] + sum(sizes.latent_sizes(config)))
-        need.add(f"{args.n:,} simulated examples", "--n", sizes.FLOAT * floats)
+        floats = 2 * args.n * (sizes.data_shape(config)[2] + sum(counts.latent_sizes(config)))
+        need.add(f"{args.n:,} simulated examples", "--n", counts.FLOAT * floats)
         check_memory(config, args.device, need, "BDMC")
     run = load_run(args.run_dir, device=args.device)
     if run.exact:
@@ -107,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
     if args.method != "is":
         return run_ais(args, run, run_dir)
     if run.family is not None:
+        method = run.family.evaluation
+        hint = f"use --method {method}" if method else "judge its samples with dgm score"
         raise UsageError(
-            f"--method is: a '{config.model.kind}' run has no q(z | x) to sample from; use "
-            f"--method {DEFAULT_METHOD.get(config.model.kind, 'ais')}"
+            f"--method is: a '{config.model.kind}' run has no q(z | x) to sample from; {hint}"
         )
     n = run.data.x_test[: args.limit].shape[0]
     start = time.perf_counter()
@@ -173,7 +174,7 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
             f" lower {summary['lower']:.2f}, upper {summary['upper']:.2f}, gap "
             f"{summary['gap']:.2f} {pm(summary['gap_stderr'])} nats"
         )
-    elif run.kind == "rbm":
+    elif "log_z" in summary:  # AIS for a partition function (an RBM)
         print(
             f"test log p(x)        {summary['log_likelihood']:.2f} "
             f"{pm(summary['log_likelihood_stderr'])} nats (AIS for log Z: {args.steps} "
@@ -205,23 +206,21 @@ def output_name(method: str, n: int, epoch: int) -> str:
     return f"eval-{method}-n{n}-epoch{epoch}.json"
 
 
-#: a family's default evaluation (the others: importance sampling from q)
-DEFAULT_METHOD = {"diffusion": "bound", "gan": "ais", "rbm": "ais"}
-
-
 def resolve_defaults(args: argparse.Namespace, config: Any) -> None:
-    """Fill in --method, --k, --steps and --chains where not given, by the run's kind."""
+    """Fill in --method, --k, --steps and --chains where not given, as the run's family says
+    (a model without one: importance sampling from q)."""
     kind = config.model.kind
-    args.method = args.method or DEFAULT_METHOD.get(kind, "is")
-    if args.method == "bound" and kind != "diffusion":
+    family = families.family(kind)
+    args.method = args.method or (family.evaluation if family else None) or "is"
+    if args.method == "bound" and (family is None or "bound" not in family.provides):
         raise UsageError(f"--method bound is a diffusion model's ELBO; this run is a '{kind}'")
     if args.k is None:
         args.k = 100 if args.method == "bound" else 5000
-    rbm = kind == "rbm"
+    steps, chains = family.ais_settings(config) if family else (1000, 16)
     if args.steps is None:
-        args.steps = config.rbm.temperatures if rbm else 1000
+        args.steps = steps
     if args.chains is None:
-        args.chains = config.rbm.runs if rbm else 16
+        args.chains = chains
 
 
 def run_bound(args: argparse.Namespace, run_dir: Path) -> int:

@@ -23,6 +23,7 @@ from torch import nn
 
 from dgm.config import Config
 from dgm.data.arrays import Data
+from dgm.errors import UsageError
 from dgm.methods.base import Method
 
 
@@ -34,8 +35,12 @@ class Family(ABC):
     #: a checkpoint's modules that :meth:`model` loads, in the order it takes them
     modules: tuple[str, ...]
     #: what a loaded run of this family offers beyond sampling: ``"bound"`` (dgm eval reports
-    #: a bound on ln p(x) in nats), ``"ais"`` (dgm eval --method ais estimates ln p(x))
+    #: a bound on ln p(x) in nats: :meth:`bound`), ``"ais"`` (dgm eval --method ais estimates
+    #: ln p(x): over z of :meth:`annealed_model`, or, with ``"partition"`` too, by the
+    #: family's own AIS for its partition function, :meth:`log_likelihood`)
     provides: frozenset[str] = frozenset()
+    #: ``dgm eval``'s method for this family when none is given (None: it has no ln p(x))
+    evaluation: str | None = None
     #: whether its sampler takes a number of steps (diffusion's time steps, Gibbs sweeps)
     sampler_has_steps: bool = True
     #: the panels of curves.png: (y label, metric names)
@@ -99,6 +104,35 @@ class Family(ABC):
     def activation_floats(self, config: Config, data_dim: int, batch: int) -> int:
         """Floats a training step on ``batch`` examples keeps for its backward pass."""
         return 0
+
+    def ais_settings(self, config: Config) -> tuple[int, int]:
+        """AIS's (intermediate distributions, chains or runs) when none are given."""
+        return 1000, 16
+
+    def annealed_model(self, model: nn.Module, config: Config, scale: float | None) -> nn.Module:
+        """The model AIS and BDMC anneal over z: a decoder model p(x | z) p(z) (by default the
+        model itself; ``scale`` is an observation model's sigma, which only some families
+        have)."""
+        if scale is not None:
+            raise UsageError(f"--scale: a '{self.kind}' run has no observation model to scale")
+        return model
+
+    def bound(
+        self, model: nn.Module, config: Config, x: torch.Tensor, k: int, seed: int, on_batch: Any
+    ) -> dict[str, Any]:
+        """A bound on ln p(x) in nats for each example of ``x`` (families that provide
+        ``"bound"``), summarized; ``k``: the bound's Monte Carlo draws per example."""
+        raise UsageError(
+            f"a '{self.kind}' run has no bound on ln p(x) to evaluate; estimate it with "
+            "--method ais"
+        )
+
+    def log_likelihood(
+        self, model: nn.Module, data: Data, x: torch.Tensor, steps: int, runs: int, seed: int
+    ) -> dict[str, Any]:
+        """ln p(x) on ``x`` by the family's own AIS for its partition function (families that
+        provide ``"partition"``)."""
+        raise UsageError(f"a '{self.kind}' run has no partition function to anneal")
 
 
 def sample_figures(

@@ -28,7 +28,8 @@ from dgm.models.rbm import RBM, ais_log_partition, base_rate_bias, rbm_log_likel
 class RestrictedBoltzmann(Family):
     kind = "rbm"
     modules = ("rbm",)
-    provides = frozenset({"ais"})
+    provides = frozenset({"ais", "partition"})
+    evaluation = "ais"
     curves = (
         ("reconstruction, nats", ("train_reconstruction", "test_reconstruction")),
         ("free energy", ("train_free_energy_gap", "test_free_energy")),
@@ -75,24 +76,27 @@ class RestrictedBoltzmann(Family):
         chains = rc.chains if rc.persistent else batch
         return 4 * (batch + chains) * (data_dim + rc.hidden)
 
+    def ais_settings(self, config: Config) -> tuple[int, int]:
+        return config.rbm.temperatures, config.rbm.runs
+
     def log_likelihood(
         self,
-        rbm: RBM,
+        model: nn.Module,
         data: Data,
         x: torch.Tensor,
-        temperatures: int,
+        steps: int,
         runs: int,
         seed: int = 0,
     ) -> dict[str, Any]:
         """The mean of ln p(x) = -F(x) - log Z over ``x``, log Z by AIS with ``runs`` runs over
-        ``temperatures`` inverse temperatures from the base-rate RBM of the training images.
+        ``steps`` inverse temperatures from the base-rate RBM of the training images.
         Two standard errors: the examples' spread (``_stderr_data``) and log Z's, common to every
         example (``_stderr_log_z``); ``log_likelihood_stderr`` combines them."""
-        generator = torch.Generator(rbm.W.device).manual_seed(seed)
-        base = base_rate_bias(data.x_train).to(rbm.W.device)
-        partition = ais_log_partition(rbm, temperatures, runs, base, generator)
+        generator = torch.Generator(model.W.device).manual_seed(seed)
+        base = base_rate_bias(data.x_train).to(model.W.device)
+        partition = ais_log_partition(model, steps, runs, base, generator)
         log_z = partition.log_z
-        ll = rbm_log_likelihood(rbm, x, log_z)  # (N,)
+        ll = rbm_log_likelihood(model, x, log_z)  # (N,)
         n = ll.numel()
         se_data = float(ll.std() / math.sqrt(n)) if n > 1 else 0.0
         se_z = partition.stderr or 0.0

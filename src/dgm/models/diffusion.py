@@ -20,33 +20,23 @@ y_t = sqrt(alpha_bar_t) y_0 + sqrt(1 - alpha_bar_t) epsilon (Ho et al. eq. 11): 
 module with an int attribute ``dim`` whose ``forward(y, t)`` maps y ``(B, dim)`` and t ``(B,)``
 (int64, in 1..T) to epsilon-hat ``(B, dim)``.
 
-The pieces: noise schedules (:class:`LinearSchedule`, :class:`CosineSchedule`), decoders
-p(x_0 | y_1) (:class:`BernoulliDecoder`, :class:`DiscretizedGaussianDecoder`,
-:class:`GaussianDecoder`), the model (:class:`GaussianDiffusion`) and two denoisers
-(:class:`UNet`, :class:`MLPDenoiser`).
+Here: noise schedules (:class:`LinearSchedule`, :class:`CosineSchedule`) and the model
+(:class:`GaussianDiffusion`). Its decoders p(x_0 | y_1) are in
+:mod:`dgm.models.diffusion_decoders`, its denoisers (:class:`~dgm.models.denoisers.UNet`,
+:class:`~dgm.models.denoisers.MLPDenoiser`) in :mod:`dgm.models.denoisers`.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import (
-    Bernoulli,
-    Distribution,
-    Independent,
-    Normal,
-    constraints,
-    kl_divergence,
-)
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from dgm.distributions import StandardNormal, kl_to_prior
-from dgm.nn import MLP
+from dgm.models.diffusion_decoders import DECODERS, Decoder
 
 # -- noise schedules -----------------------------------------------------------------------------
 
@@ -94,134 +84,6 @@ class CosineSchedule(NoiseSchedule):
         f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # (T + 1,)
         alpha_bar = f / f[0]
         super().__init__((1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta))
-
-
-# -- decoders p(x_0 | y_1) -----------------------------------------------------------------------
-
-
-class Decoder(ABC):
-    r"""The data's likelihood at t = 0 and the map of data x_0 into the chain's space y_0.
-
-    ``__call__(mu, sigma)`` takes the reverse chain's last mean mu = mu_theta(y_1, 1) ``(B, D)``
-    (the predicted y_0) and its scale sigma_1 = sqrt(beta_1), and returns p(x_0 | y_1) with
-    event shape ``(D,)``."""
-
-    @abstractmethod
-    def to_chain(self, x: Tensor) -> Tensor:
-        """Data x_0 ``(B, D)`` -> y_0 ``(B, D)``."""
-
-    @abstractmethod
-    def __call__(self, mu: Tensor, sigma: Tensor) -> Distribution:
-        """p(x_0 | y_1) from mu ``(B, D)`` and sigma (a scalar tensor)."""
-
-
-class BernoulliDecoder(Decoder):
-    r"""Binary pixels x_0 in {0, 1}, y_0 = 2 x_0 - 1 in {-1, 1}.
-
-    p(x_0 | y_1) is the reverse step N(y_0; mu, sigma_1^2) restricted to the two points
-    y_0 = +-1 and renormalized, a Bernoulli with
-
-        logit = log N(1; mu, sigma^2) - log N(-1; mu, sigma^2) = 2 mu / sigma^2,
-
-    the binary analogue of Ho et al.'s discretized decoder (eq. 13) with two bins. With
-    sigma_1^2 = beta_1 the logits are large: the noise at t = 1 hardly hides a binary pixel.
-    """
-
-    def to_chain(self, x: Tensor) -> Tensor:
-        return 2.0 * x - 1.0
-
-    def __call__(self, mu: Tensor, sigma: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=2.0 * mu / sigma**2, validate_args=False), 1, False)
-
-
-class DiscretizedGaussian(Distribution):
-    r"""N(y; loc, scale^2) integrated over the bins of ``bins`` grey levels (Ho et al. eq. 13).
-
-    Values are x = k / (bins - 1), k = 0..bins-1, at y = 2 x - 1 in [-1, 1]; bin k is
-    [y - 1/(bins-1), y + 1/(bins-1)], the first extended to -inf and the last to +inf, so
-
-        P(x) = Phi((y_+ - loc) / scale) - Phi((y_- - loc) / scale).
-
-    Elementwise (batch shape that of loc and scale); ``log_prob`` rounds x to its level.
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.unit_interval
-
-    def __init__(self, loc: Tensor, scale: Tensor, bins: int = 256) -> None:
-        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
-        self.bins = bins
-        super().__init__(self.loc.shape, validate_args=False)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        levels = self.bins - 1
-        k = torch.round(value * levels)
-        y = 2.0 * k / levels - 1.0
-        a = (y - 1.0 / levels - self.loc) / self.scale  # lower edge, standardized
-        b = (y + 1.0 / levels - self.loc) / self.scale  # upper edge
-        first = torch.special.log_ndtr(b)  # k = 0: log Phi(b)
-        last = torch.special.log_ndtr(-a)  # k = bins - 1: log(1 - Phi(a))
-        # an inner bin, reflected into the lower tail when a > 0 (Phi(b) - Phi(a) =
-        # Phi(-a) - Phi(-b)): log(Phi(hi) - Phi(lo)) = log Phi(hi) + log(1 - Phi(lo) / Phi(hi))
-        upper = a > 0
-        lo, hi = torch.where(upper, -b, a), torch.where(upper, -a, b)
-        log_hi = torch.special.log_ndtr(hi)
-        d = (torch.special.log_ndtr(lo) - log_hi).clamp(max=-torch.finfo(a.dtype).tiny)
-        inner = log_hi + torch.log(-torch.expm1(d))
-        return torch.where(k <= 0, first, torch.where(k >= levels, last, inner))
-
-    @property
-    def mean(self) -> Tensor:
-        r"""E[x] = h sum_{k=0}^{bins-2} P(x > k h), h = 1 / (bins - 1)."""
-        levels = self.bins - 1
-        edges = 2.0 * (torch.arange(levels, dtype=self.loc.dtype, device=self.loc.device) + 0.5)
-        edges = edges / levels - 1.0  # (bins - 1,) the upper edges of bins 0..bins-2
-        above = torch.special.ndtr((self.loc.unsqueeze(-1) - edges) / self.scale.unsqueeze(-1))
-        return above.sum(-1) / levels  # (..., bins - 1) -> (...)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # noqa: B008
-        """A draw y ~ N(loc, scale^2), rounded to its level and clipped to [0, 1]."""
-        shape = self._extended_shape(sample_shape)
-        with torch.no_grad():
-            y = self.loc + self.scale * torch.randn(
-                shape, dtype=self.loc.dtype, device=self.loc.device
-            )
-            return torch.round((y + 1.0) / 2.0 * (self.bins - 1)).clamp(0, self.bins - 1) / (
-                self.bins - 1
-            )
-
-
-class DiscretizedGaussianDecoder(Decoder):
-    r"""Grey levels x_0 = k / (bins - 1) in [0, 1], y_0 = 2 x_0 - 1; p(x_0 | y_1) is
-    N(mu, sigma_1^2) over the bins (:class:`DiscretizedGaussian`, Ho et al. eq. 13)."""
-
-    def __init__(self, bins: int = 256) -> None:
-        self.bins = bins
-
-    def to_chain(self, x: Tensor) -> Tensor:
-        return 2.0 * x - 1.0
-
-    def __call__(self, mu: Tensor, sigma: Tensor) -> Distribution:
-        return Independent(DiscretizedGaussian(mu, sigma.expand_as(mu), self.bins), 1, False)
-
-
-class GaussianDecoder(Decoder):
-    r"""Real-valued data, x_0 = y_0: p(x_0 | y_1) = N(x_0; mu, sigma_1^2 I), a density (for
-    low-dimensional continuous data)."""
-
-    def to_chain(self, x: Tensor) -> Tensor:
-        return x
-
-    def __call__(self, mu: Tensor, sigma: Tensor) -> Distribution:
-        return Independent(Normal(mu, sigma.expand_as(mu), False), 1, False)
-
-
-#: ``data_kind`` names -> decoders
-DECODERS: dict[str, type[Decoder]] = {
-    "binary": BernoulliDecoder,
-    "grey": DiscretizedGaussianDecoder,
-    "gaussian": GaussianDecoder,
-}
 
 
 # -- the model -----------------------------------------------------------------------------------
@@ -531,147 +393,3 @@ class GaussianDiffusion(nn.Module):
         for t, s in zip(tau[:0:-1], tau[-2::-1], strict=True):
             y = self.ddim_step(y, t, s, eta).sample()
         return self._finish(y, mean)
-
-
-# -- denoisers -----------------------------------------------------------------------------------
-
-
-def timestep_embedding(t: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    r"""Sinusoidal embedding of steps t ``(B,)`` -> ``(B, dim)`` (Vaswani et al. 2017, sec. 3.5):
-    [sin(t w_i), cos(t w_i)], w_i = 10000^(-i / (dim / 2)), i = 0..dim/2-1 (dim even)."""
-    half = dim // 2
-    w = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / half)
-    angle = t.to(dtype).unsqueeze(-1) * w  # (B, dim / 2)
-    return torch.cat([angle.sin(), angle.cos()], -1)
-
-
-class ResBlock(nn.Module):
-    r"""h = conv(SiLU(GN(x))) + W e(t); out = x' + conv(SiLU(GN(h))), x' = x or a 1x1 conv of x
-    when the channels change (Ho et al. appendix B, after Zagoruyko and Komodakis 2016)."""
-
-    def __init__(
-        self, c_in: int, c_out: int, time_dim: int, groups: int, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.time = nn.Linear(time_dim, c_out)
-        self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.dropout = nn.Dropout(dropout)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
-        h = h + self.time(F.silu(e))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
-
-
-class UNet(nn.Module):
-    r"""A small U-Net epsilon_theta(y_t, t) for ``in_channels`` x ``image_size``^2 images
-    (Ronneberger et al. 2015; Ho et al. appendix B, without attention).
-
-    A sinusoidal embedding of t through a two-layer MLP (width ``time_dim``, default
-    4 ``channels``) enters every residual block. Level i has ``channels * channel_mult[i]``
-    channels and ``blocks`` residual blocks, then halves the resolution (28 -> 14 -> 7 at the
-    default); two blocks at the bottom; the way up doubles it again, each level's first block
-    taking the matching level's output as a skip connection. GroupNorm with ``groups`` groups;
-    the last convolution starts at zero (epsilon-hat = 0). ``forward(y, t)``: y ``(B, D)``,
-    D = in_channels * image_size^2, t ``(B,)`` -> ``(B, D)``.
-
-    >>> UNet()(torch.zeros(2, 784), torch.tensor([1, 1000])).shape
-    torch.Size([2, 784])
-    """
-
-    def __init__(
-        self,
-        channels: int = 32,
-        channel_mult: Sequence[int] = (1, 2),
-        time_dim: int | None = None,
-        blocks: int = 1,
-        groups: int = 8,
-        dropout: float = 0.0,
-        image_size: int = 28,
-        in_channels: int = 1,
-    ) -> None:
-        super().__init__()
-        if image_size % 2 ** len(channel_mult):
-            raise ValueError(f"image_size {image_size} must halve {len(channel_mult)} times")
-        if channels % 2 or any(channels * m % groups for m in channel_mult):
-            raise ValueError(f"channels x channel_mult must be even and divisible by {groups}")
-        time_dim = time_dim or 4 * channels
-        self.image_size, self.in_channels = image_size, in_channels
-        self.dim = in_channels * image_size**2
-        self.embed_dim = channels
-        self.time = nn.Sequential(
-            nn.Linear(channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
-        )
-        self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
-        widths = [channels * m for m in channel_mult]
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        c = channels
-        for width in widths:
-            level = nn.ModuleList()
-            for _ in range(blocks):
-                level.append(ResBlock(c, width, time_dim, groups, dropout))
-                c = width
-            self.down.append(level)
-            self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.middle = nn.ModuleList([ResBlock(c, c, time_dim, groups, dropout) for _ in range(2)])
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-        for width in reversed(widths):
-            self.upsample.append(nn.Conv2d(c, c, 3, padding=1))  # after nearest x2
-            level = nn.ModuleList()
-            for j in range(blocks):
-                level.append(
-                    ResBlock(c + (width if j == 0 else 0), width, time_dim, groups, dropout)
-                )
-                c = width
-            self.up.append(level)
-        self.out_norm = nn.GroupNorm(groups, c)
-        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, y: Tensor, t: Tensor) -> Tensor:
-        size = self.image_size
-        h = self.stem(y.reshape(-1, self.in_channels, size, size))  # (B, C, 28, 28)
-        e = self.time(timestep_embedding(t, self.embed_dim, h.dtype))  # (B, time_dim)
-        skips = []
-        for level, down in zip(self.down, self.downsample, strict=True):
-            for block in level:
-                h = block(h, e)
-            skips.append(h)
-            h = down(h)  # resolution halves
-        for block in self.middle:
-            h = block(h, e)
-        for level, up in zip(self.up, self.upsample, strict=True):
-            h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))  # resolution doubles
-            h = torch.cat([h, skips.pop()], 1)
-            for block in level:
-                h = block(h, e)
-        return self.out(F.silu(self.out_norm(h))).reshape(y.shape)  # (B, D)
-
-
-class MLPDenoiser(nn.Module):
-    r"""epsilon_theta(y_t, t) = MLP([y_t, e(t)]) for low-dimensional data: y ``(B, dim)``, the
-    sinusoidal embedding e(t) ``(B, time_dim)``, ``hidden`` units per layer (an int: one layer).
-
-    >>> MLPDenoiser(2, 32, 16)(torch.zeros(5, 2), torch.ones(5, dtype=torch.long)).shape
-    torch.Size([5, 2])
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        hidden: int | Sequence[int] = 64,
-        time_dim: int = 32,
-        activation: str = "gelu",
-    ) -> None:
-        super().__init__()
-        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
-        self.dim, self.time_dim = dim, time_dim
-        self.net = MLP(dim + time_dim, hidden, dim, activation)
-
-    def forward(self, y: Tensor, t: Tensor) -> Tensor:
-        e = timestep_embedding(t, self.time_dim, y.dtype)  # (B, time_dim)
-        return self.net(torch.cat([y, e], -1))
