@@ -60,6 +60,12 @@ def load_data(config: ConfigLike = None, device: torch.device | str = "cpu") -> 
     return build.build_data(as_config(config), device)
 
 
+def _notify(trainer: Any, on_notice: Callable[[str], None] | None) -> None:
+    if on_notice is not None:
+        for line in trainer.method.notices:
+            on_notice(line)
+
+
 def fit(
     config: ConfigLike = None,
     data: Data | None = None,
@@ -72,6 +78,7 @@ def fit(
     stop_on_signals: bool = False,
     on_removed: Callable[[list[Path]], None] | None = None,
     callbacks: Sequence[Callback] = (),
+    on_notice: Callable[[str], None] | None = None,
 ) -> Run:
     """Train a run from ``config`` (a :class:`Config`, nested dicts, a TOML path, or None for the
     defaults) on ``data`` (None: the config's data set) in the run directory ``out`` (None: a
@@ -82,7 +89,9 @@ def fit(
     removed of the run that was there (only files dgm wrote: :func:`dgm.manifest.remove_run`).
     With ``stop_on_signals``, SIGINT/SIGTERM stop the run after the current epoch's checkpoint
     (``Run.stop_signal`` says which). ``callbacks``: :class:`dgm.callbacks.Callback` objects
-    (such as :class:`dgm.callbacks.TensorBoardLogger`), called around training. Under
+    (such as :class:`dgm.callbacks.TensorBoardLogger`), called around training.
+    ``on_notice(line)`` gets each line the method has to say once before training (how
+    ``train.compile = "auto"`` decided). Under
     torchrun every process calls it with the same ``out``; only rank 0 writes (and calls the
     callbacks)."""
     from dgm.train import Trainer  # the training core and its figures: only when training
@@ -112,6 +121,7 @@ def fit(
     trainer = Trainer(config, run_dir, data=data)  # device and data checked before any write
     if on_start is not None:
         on_start(run_dir)
+    _notify(trainer, on_notice)
     if not main:  # distributed: rank 0 creates the run directory; the others only train
         return _trained(
             trainer, config, run_dir, False, progress, on_epoch, stop_on_signals, callbacks
@@ -138,6 +148,7 @@ def resume(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop_on_signals: bool = False,
     callbacks: Sequence[Callback] = (),
+    on_notice: Callable[[str], None] | None = None,
 ) -> Run:
     """Continue the run in ``path`` from its last checkpoint, exactly as if it had not stopped;
     ``epochs`` extends a constant-rate run; ``compile`` and ``device`` change how it computes
@@ -158,6 +169,7 @@ def resume(
         trainer = Trainer(config, run_dir)
         if on_start is not None:
             on_start(run_dir)
+        _notify(trainer, on_notice)
         return _trained(
             trainer, config, run_dir, True, progress, on_epoch, stop_on_signals, callbacks
         )

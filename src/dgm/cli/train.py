@@ -72,7 +72,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type | None, str]] = {
     "compile": (
         "train.compile",
         None,
-        "torch.compile the training step (forward, gradient and check as one graph)",
+        "torch.compile the training step (forward, gradient and check as one graph) even for a "
+        "short run (the default, auto, compiles runs of 5,000 steps or more)",
     ),
     "train_limit": ("data.train_limit", int, "use only the first N training examples"),
     "test_limit": ("data.test_limit", int, "use only the first N test examples"),
@@ -243,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet and main,
             on_start=started,
             on_epoch=print_epoch,
+            on_notice=(lambda line: print(line, flush=True)) if main else None,
             callbacks=callbacks,
             stop_on_signals=True,
         )

@@ -152,7 +152,7 @@ class Config(Section):
             raise ValueError(
                 f"model.kind = '{kind}' has no q(z | x): inference.kind = 'local' is VB"
             )
-        if self.train.precision != "float32" or self.train.compile:
+        if self.train.precision != "float32" or self.train.compile is True:
             raise ValueError(
                 f"model.kind = '{kind}' trains in float32, eagerly: set train.precision = "
                 "'float32' and train.compile = false"

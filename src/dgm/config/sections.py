@@ -317,10 +317,12 @@ class TrainConfig(Section):
     # bfloat16, everything else and all evaluation in float32); see README for its measured effect
     precision: Literal["float32", "bfloat16"] = "float32"
     # torch.compile of the training step: forward, gradient (torch.func) and non-finite check as
-    # one graph before the fused Adam kernel, where dgm.methods.compiled supports it (one process,
-    # amortized, float32, a pathwise estimator), else the forward and so its backward; off by
-    # default (it compiles for 8-30 s first); measured in README's "Speed"
-    compile: bool = False
+    # one graph before the fused Adam kernel, where dgm.methods.compiled supports it (one
+    # process, amortized, float32, a pathwise estimator), else the forward and so its backward.
+    # "auto" (the default): the step compiled whole where it can be and the run is long enough
+    # for compiling (10-30 s, less from torch's on-disk cache) to pay, eager otherwise; the
+    # decision is printed once. Measured in the docs' Speed page
+    compile: bool | Literal["auto"] = "auto"
     # refuse a run whose estimated memory (dgm.sizes: parameters, their gradients and Adam's
     # moments, activations of a step and of evaluation, the data) exceeds this, e.g. "8GiB";
     # the machine's available memory is always a limit

@@ -62,6 +62,10 @@ class Method(ABC):
     shard_examples: bool = False
     #: what to try after divergence, besides a lower learning rate (for the error message)
     remedies: str = ""
+    #: whether its training step is compiled (a metrics row records it)
+    compiled: bool = False
+    #: lines to show once before training (how the step computes, where it was decided)
+    notices: tuple[str, ...] = ()
 
     def attach(self, steps_per_epoch: int) -> None:  # noqa: B027 (optional)
         """Told once, before training, how many steps an epoch has (for step schedules)."""

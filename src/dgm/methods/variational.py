@@ -23,7 +23,7 @@ from dgm.errors import UsageError
 from dgm.estep import frozen, held_out_posterior
 from dgm.estimators import Estimate
 from dgm.methods.base import Method, Outcome
-from dgm.methods.compiled import CompiledStep
+from dgm.methods.compiled import CompiledStep, decide
 from dgm.methods.compiled import supports as whole_step_supported
 from dgm.methods.deferred import Deferred
 from dgm.methods.objective import Objective, data_parallel, fault_term
@@ -77,16 +77,22 @@ class VariationalMethod(Method):
         # kernel, where dgm.methods.compiled supports it (one process, amortized, float32, a
         # pathwise estimator), else torch.compile of the training forward (and so of its
         # backward); the modules stay uncompiled, so checkpoints and evaluation are unchanged
+        # ("auto": the whole step where it can be and the run is long enough, else eager)
+        why_not = (
+            "torchrun" if dist.enabled
+            else "per-datapoint tables" if self.local
+            else "bfloat16" if self.bfloat16
+            else None if whole_step_supported(self.estimator, self.optimizer)
+            else f"objective.estimator = '{config.objective.estimator}'"
+        )  # fmt: skip
+        steps = tc.epochs * -(-x_train.shape[0] // tc.batch_size)
+        self.decision = decide(tc.compile, why_not, steps, device)
+        self.compiled = self.decision.compiled
+        self.notices = (self.decision.reason,) if tc.compile == "auto" else ()
         self.whole_step: CompiledStep | None = None
-        if (
-            tc.compile
-            and not dist.enabled
-            and not self.local
-            and not self.bfloat16
-            and whole_step_supported(self.estimator, self.optimizer)
-        ):
+        if self.decision.mode == "whole":
             self.whole_step = CompiledStep(objective, global_params, self.optimizer)
-        self.forward = torch.compile(forward) if tc.compile and self.whole_step is None else forward
+        self.forward = torch.compile(forward) if self.decision.mode == "forward" else forward
         self.deferred = Deferred(self)
         self.steps_per_epoch = 0
 

@@ -170,7 +170,7 @@ class TrainingCore:
         out["images_per_s"] = n / elapsed if elapsed > 0 else 0.0
         # how this epoch computed (may change on resume): wall times mean little without it
         out["threads"] = torch.get_num_threads()
-        out["compiled"] = self.config.train.compile
+        out["compiled"] = self.method.compiled
         out["device"] = str(self.device)
         return out
 
