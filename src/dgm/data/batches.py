@@ -50,19 +50,34 @@ def to_unit_interval(images: Tensor) -> Tensor:
             f"to_unit_interval expects uint8 images of shape (N, H, W), "
             f"got {images.dtype} of shape {tuple(images.shape)}"
         )
-    return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0  # (N, D)
+    x = images.reshape(images.shape[0], -1).to(torch.float32)  # (N, D), a new tensor
+    return x.div_(255.0)  # in place: one float copy of the data set at a time, not two
 
 
-def binarize_fixed(x: Tensor, seed: int) -> Tensor:
+#: binarize_fixed draws its uniforms this many at a time (the draws are the same as in one go)
+BINARIZE_CHUNK = 2**22
+
+
+def binarize_fixed(x: Tensor, seed: int, dtype: torch.dtype | None = None) -> Tensor:
     r"""One fixed draw :math:`b = \mathbb{1}[u < x]`, :math:`u \sim U(0, 1)`, so :math:`b \sim
     \mathrm{Bernoulli}(x)`.
 
     The uniforms come from a CPU generator seeded with ``seed``, so the result is the same on
-    every device (use it to binarize a test set once, reproducibly). Same shape and dtype as ``x``.
+    every device (use it to binarize a test set once, reproducibly). Same shape as ``x``, and its
+    dtype unless ``dtype`` is given (``torch.bool`` holds a data set in a quarter of the
+    memory). The uniforms are drawn a few million at a time, in order, which draws the same
+    numbers as one call for the whole shape without holding them all.
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
-    u = torch.rand(x.shape, generator=g, dtype=x.dtype)  # x.shape, on the CPU
-    return (u < x.detach().cpu()).to(dtype=x.dtype, device=x.device)
+    src = x.detach().cpu()
+    n = src.shape[0] if src.dim() else 1
+    flat = src.reshape(n, src.numel() // n if n else 0)  # (N, rest)
+    out = torch.empty(flat.shape, dtype=dtype or x.dtype)
+    rows = max(1, BINARIZE_CHUNK // max(flat.shape[1], 1))
+    for start in range(0, flat.shape[0], rows):
+        part = flat[start : start + rows]
+        out[start : start + rows] = torch.rand(part.shape, generator=g, dtype=x.dtype) < part
+    return out.reshape(x.shape).to(device=x.device)
 
 
 def dequantize(x: Tensor, u: Tensor) -> Tensor:
@@ -169,7 +184,11 @@ class TensorBatches:
         self.noise_generator = noise_generator if noise_generator is not None else generator
         # with several ranks a short last batch could leave a rank without examples
         self.drop_last = drop_last or world > 1
-        self.x = binarize_fixed(x, static_seed) if self.binarize is Binarize.STATIC else x
+        # a static binarization is held as booleans (a quarter of float32's memory), each batch
+        # served in x's dtype
+        self.dtype = x.dtype
+        static = self.binarize is Binarize.STATIC
+        self.x = binarize_fixed(x, static_seed, torch.bool) if static else x
 
     @property
     def num_examples(self) -> int:
@@ -200,6 +219,8 @@ class TensorBatches:
             if world > 1 and not self.shard_examples:
                 index = index[rank::world]  # (B / world,): this rank's share
             x = self.x.index_select(0, index)  # (B, D); half the time of self.x[index]
+            if x.dtype != self.dtype:  # a static binarization's booleans
+                x = x.to(self.dtype)
             if self.binarize is Binarize.DYNAMIC:
                 # b = 1[u < x], u ~ U(0, 1): b ~ Bernoulli(x), as binarize_fixed (on the CPU
                 # faster than torch.bernoulli)
