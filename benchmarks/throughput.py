@@ -492,5 +492,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def table(summary: dict) -> str:
+    """The Markdown table of a summary (the docs render it from the JSON that ``--json``
+    writes): each system's median images/s, the reference's speed relative to it (median of
+    the rounds, and paired with the middle half of the rounds), its fraction of the
+    matrix-product floor, its test ELBO and, where measured, its peak memory."""
+    ref = summary["reference"]
+    lines = [
+        f"| system | images/s | {ref}'s speed relative to it: medians (paired; middle half) "
+        "| fraction of the matrix-product floor | test ELBO | peak memory |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in summary["systems"].items():
+        q1, q3 = r["paired_speedup_quartiles"]
+        speed = (
+            "1.00"
+            if name == ref
+            else f"{1 / r['ratio_to_dgm']:.2f}x ({1 / r['paired_ratio_to_dgm']:.2f}x; "
+            f"{q1:.2f}-{q3:.2f}x)"
+        )
+        memory = f"{r['peak_memory_mb']:.0f} MB" if r.get("peak_memory_mb") else "—"
+        lines.append(
+            f"| {name} | {r['images_per_s']:,.0f} | {speed} | {r['fraction_of_floor']:.2f} "
+            f"| {r['test_elbo']:.2f} | {memory} |"
+        )
+    floor = summary["floor_images_per_s"]
+    lines.append(f"| matrix products alone | {floor:,.0f} | | 1.00 | | |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     sys.exit(main())
