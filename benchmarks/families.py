@@ -18,8 +18,9 @@ then is measured:
 - sample quality as ``dgm score --n N`` measures it (:meth:`dgm.Run.score`), beside the floor
   at the same N (FID at N = 2,000 is biased upwards against N = 10,000: the floor row shows by
   how much);
-- the seconds to sample 1,000 images (timed on 100 where 100 take more than 10 s), the
-  trained parameters, epochs and training time.
+- the seconds to sample 1,000 images (timed on 100 where 100 take more than 10 s), and for a
+  sampler with steps its cost at ``--sampler-steps`` steps too (a diffusion model's T = 1000 is
+  its ancestral sampler), the trained parameters, epochs and training time.
 
 The Wu et al. (2017) protocol (``--wu``): the GAN's generator and a VAE trained on the same
 dequantized grey levels (Gaussian likelihood, fixed sigma = 0.05), each under the observation
@@ -100,6 +101,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wu-chains", type=int, default=8)
     p.add_argument("--train-limit", type=int, default=None, help="first N training images")
     p.add_argument("--only", action="append", choices=list(SYSTEMS), help="these systems only")
+    p.add_argument(
+        "--sampler-steps", type=int, nargs="*", default=[1000, 20],
+        help="samplers with steps: also time these step counts (on --steps-images images)",
+    )  # fmt: skip
+    p.add_argument("--steps-images", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "families")
     p.add_argument("--publish", action="store_true", help="copy summary and figure to docs/")
@@ -191,6 +197,21 @@ def sampling_seconds(run: dgm.Run, n: int = 1000, slow_s: float = 10.0) -> float
     t0 = time.perf_counter()
     run.sample(n, seed=1, mean=False)
     return (time.perf_counter() - t0) * 1000 / n
+
+
+def seconds_by_steps(run: dgm.Run, steps: list[int], n: int) -> dict[str, float] | None:
+    """Seconds per 1,000 samples at each number of sampler steps (a diffusion model's DDIM
+    steps, ancestral at T; an RBM's Gibbs sweeps; an EBM's Langevin steps), timed on ``n``
+    images; None for a model that samples in one pass."""
+    family = run.family
+    if family is None or not family.sampler_has_steps:
+        return None
+    out = {}
+    for k in steps:
+        t0 = time.perf_counter()
+        run.sample(n, seed=1, mean=False, steps=k)
+        out[str(k)] = (time.perf_counter() - t0) * 1000 / n
+    return out
 
 
 # -- Wu et al. 2017 ----------------------------------------------------------------------------
@@ -300,6 +321,18 @@ def table(summary: dict[str, Any]) -> str:
         f"| {floor['label_entropy']:.3f} | — | — | — | — |"
     )
     out = "\n".join(lines)
+    by_steps = {n: r["sample_s_by_steps"] for n, r in summary["systems"].items()
+                if r.get("sample_s_by_steps")}  # fmt: skip
+    if by_steps:
+        out += (
+            "\n\nThe cost of a sampler with steps, by its number of steps (s per 1,000 "
+            "images, timed on a few):\n\n| system | steps | s per 1,000 samples |\n"
+            "| --- | ---: | ---: |\n"
+        )
+        for name, costs in by_steps.items():
+            for k, sec in costs.items():
+                out += f"| {summary['systems'][name]['label']} | {k} | {sec:.2f} |\n"
+        out = out.rstrip("\n")
     wu = summary.get("wu")
     if wu:
         out += (
@@ -340,6 +373,11 @@ def main(argv: list[str] | None = None) -> None:
         runs[name], labels[name] = run, label
         done = summary["systems"].get(name)
         if done is not None and done.get("epochs") == len(rows) and done.get("n") == args.n:
+            if "sample_s_by_steps" not in done:  # measured before this column existed
+                done["sample_s_by_steps"] = seconds_by_steps(
+                    run, args.sampler_steps, args.steps_images
+                )
+                atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
             continue  # measured at this length already
         summary["systems"][name] = {
             "label": label,
@@ -349,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
             "ll": log_likelihood(run, args),
             "quality": sample_quality(run, args),
             "sample_s_per_1000": sampling_seconds(run),
+            "sample_s_by_steps": seconds_by_steps(run, args.sampler_steps, args.steps_images),
             "n": args.n,
         }
         atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
