@@ -138,6 +138,12 @@ def test_the_rbm_log_likelihood_through_the_cli_stack_matches_enumeration(tmp_pa
     assert abs(est["log_likelihood"] - exact) < 4 * est["log_z_stderr"] + 1e-3
     assert main(["eval", str(out), "--steps", "500", "--chains", "20", "--json"]) == 0
     assert '"log_likelihood"' in capsys.readouterr().out
+    # with no settings given, the run's own protocol (rbm.temperatures x rbm.runs), as dgm eval
+    default = run.evaluate_ais(limit=2)
+    assert (default["temperatures"], default["runs"]) == (
+        run.config.rbm.temperatures,
+        run.config.rbm.runs,
+    )
 
 
 def test_a_diffusion_bound_is_reported_in_nats_and_its_estimate_is_unbiased(straight):

@@ -202,8 +202,8 @@ class Run:
 
     def evaluate_ais(
         self,
-        steps: int = 1000,
-        chains: int = 16,
+        steps: int | None = None,
+        chains: int | None = None,
         limit: int | None = None,
         seed: int = 0,
         batch_size: int = 100,
@@ -213,8 +213,15 @@ class Run:
         """The test set's log p(x) by annealed importance sampling from the prior with HMC
         (:func:`dgm.ais.ais_log_likelihood`: ``steps`` temperatures, ``chains`` chains), in
         batches of ``batch_size`` examples; a stochastic lower bound, tighter than the
-        importance-sampled one for enough steps."""
+        importance-sampled one for enough steps. ``steps`` and ``chains`` not given are the
+        family's (an RBM's ``rbm.temperatures`` and ``rbm.runs``; 1,000 and 16 otherwise), as
+        ``dgm eval`` takes them."""
         self._require_decoder()
+        default_steps, default_chains = (
+            self.family.ais_settings(self.config) if self.family is not None else (1000, 16)
+        )
+        steps = default_steps if steps is None else steps
+        chains = default_chains if chains is None else chains
         torch.manual_seed(seed)
         x = self.data.x_test[:limit]
         if self.family is not None and "partition" in self.family.provides:
