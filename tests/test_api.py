@@ -106,7 +106,7 @@ def test_eval_by_ais_and_bdmc_from_the_cli(cli_run, capsys):
     ais = json.loads(capsys.readouterr().out)
     assert ais["n"] == 20 and ais["method"] == "ais" and ais["steps"] == 30
     assert -300 < ais["log_likelihood"] < 0 and 0 < ais["acceptance"] <= 1
-    assert (cli_run / f"eval-ais-t30-c2-n20-epoch{ais['epoch']}.json").exists()
+    assert (cli_run / f"eval-ais-t30-c2-n20-seed0-epoch{ais['epoch']}.json").exists()
     assert main([*argv, "--method", "bdmc", "--n", "10"]) == 0
     bd = json.loads(capsys.readouterr().out)
     assert bd["n"] == 10 and bd["gap"] > -4 * bd["gap_stderr"]

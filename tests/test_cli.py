@@ -33,15 +33,20 @@ def test_train_eval_sample_resume_end_to_end(tmp_path, capsys):
     assert result["k"] == 20 and result["n"] == 30 and result["epoch"] == 1
     # On the same samples, mean log w <= log mean w (Jensen) for every example.
     assert result["log_likelihood"] < 0 and result["elbo"] <= result["log_likelihood"] + 1e-4
-    first = (run_dir / "eval-k20-n30-epoch1.json").read_text()
+    first = (run_dir / "eval-k20-n30-seed0-epoch1.json").read_text()
     assert json.loads(first)["log_likelihood"] == result["log_likelihood"]
 
     code, out, _ = run(capsys, "eval", str(run_dir), "--k", "5", "--limit", "10", "--quiet")
     assert code == 0 and "test log p(x)" in out
     # the same k on other examples: another file, the first one kept as it was
     assert run(capsys, "eval", str(run_dir), "--k", "20", "--limit", "10", "--quiet")[0] == 0
-    assert (run_dir / "eval-k20-n30-epoch1.json").read_text() == first
-    assert json.loads((run_dir / "eval-k20-n10-epoch1.json").read_text())["n"] == 10
+    assert (run_dir / "eval-k20-n30-seed0-epoch1.json").read_text() == first
+    assert json.loads((run_dir / "eval-k20-n10-seed0-epoch1.json").read_text())["n"] == 10
+    # other draws (--seed): another file too
+    assert run(capsys, "eval", str(run_dir), "--k", "20", "--limit", "30", "--seed", "1",
+               "--quiet")[0] == 0  # fmt: skip
+    assert (run_dir / "eval-k20-n30-seed0-epoch1.json").read_text() == first
+    assert (run_dir / "eval-k20-n30-seed1-epoch1.json").exists()
 
     out_png = tmp_path / "s.png"
     code, out, _ = run(capsys, "sample", str(run_dir), "--n", "9", "--out", str(out_png))

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             args.k, args.limit, args.seed, on_batch=lambda done: bar.update(done - bar.n)
         )
     summary["seconds"] = time.perf_counter() - start
-    name = output_name(f"k{args.k}", n, run.epoch)
+    name = output_name(f"k{args.k}", n, args.seed, run.epoch)
     atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
     manifest.record(run_dir, run_dir / name)
     if args.json:
@@ -163,7 +163,7 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
             )
     summary["seconds"] = time.perf_counter() - start
     n = args.n if args.method == "bdmc" else run.data.x_test[: args.limit].shape[0]
-    name = output_name(f"{args.method}-t{args.steps}-c{args.chains}", n, run.epoch)
+    name = output_name(f"{args.method}-t{args.steps}-c{args.chains}", n, args.seed, run.epoch)
     atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
     manifest.record(run_dir, run_dir / name)
     if args.json:
@@ -199,11 +199,12 @@ def run_ais(args: argparse.Namespace, run: Any, run_dir: Path) -> int:
     return 0
 
 
-def output_name(method: str, n: int, epoch: int) -> str:
+def output_name(method: str, n: int, seed: int, epoch: int) -> str:
     """The file an evaluation is written to in the run directory: its method and settings, the
-    number of examples and the checkpoint's epoch (eval-k5000-n10000-epoch20.json), so that an
-    evaluation on other examples or of another epoch never replaces it."""
-    return f"eval-{method}-n{n}-epoch{epoch}.json"
+    number of examples, the seed and the checkpoint's epoch (eval-k5000-n10000-seed0-epoch20.json,
+    as ``dgm score`` names its files), so that an evaluation on other examples, with other draws
+    or of another epoch never replaces it."""
+    return f"eval-{method}-n{n}-seed{seed}-epoch{epoch}.json"
 
 
 def resolve_defaults(args: argparse.Namespace, config: Any) -> None:
@@ -237,7 +238,7 @@ def run_bound(args: argparse.Namespace, run_dir: Path) -> int:
             args.k, args.limit, args.seed, on_batch=lambda done: bar.update(done - bar.n)
         )
     summary["seconds"] = time.perf_counter() - start
-    name = output_name(f"bound-k{summary['time_steps']}", n, run.epoch)
+    name = output_name(f"bound-k{summary['time_steps']}", n, args.seed, run.epoch)
     atomic_write_text(run_dir / name, json.dumps(summary, indent=2) + "\n")
     manifest.record(run_dir, run_dir / name)
     if args.json:

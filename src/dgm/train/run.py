@@ -7,7 +7,7 @@ RUN_DIR/
     samples.png  train_vs_generated.png  reconstructions.png  curves.png
     tensorboard/        with ``dgm train --tensorboard`` (dgm.callbacks.TensorBoardLogger)
     latent.png          the latent plane (latent_dim = 2; any run with ``dgm latent``)
-    eval-k5000-n10000-epoch20.json  written by ``dgm eval`` (method, examples, epoch)
+    eval-k5000-n10000-seed0-epoch20.json  written by ``dgm eval`` (method, examples, seed, epoch)
 """
 
 from __future__ import annotations
